@@ -1,0 +1,5 @@
+import sys
+
+from lth.cli import main
+
+sys.exit(main())

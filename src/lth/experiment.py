@@ -1,0 +1,281 @@
+"""The study: round 0 dense from θ0, then prune → rewind → retrain for each later round.
+
+Crash safety lives here: after every epoch the round's whole position is written atomically
+(`checkpoints/resume/`), a round is committed by its row in `rounds.csv` after its checkpoints,
+and resuming recomputes nothing that was committed. Because every random choice is a function
+of the config's seed and the round/epoch coordinates, a resumed study ends with the same masks
+and results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lth import __version__
+from lth import config as cfgmod
+from lth.config import Config
+from lth.data import load_splits
+from lth.masks import Masks, apply_masks_, count_kept, count_total, density, full_masks
+from lth.models import build_model, prunable_names
+from lth.progress import Progress
+from lth.pruning import get_criterion
+from lth.store import (
+    RunDir,
+    append_metrics,
+    atomic_write_text,
+    load_resume_state,
+    load_tensors,
+    read_metrics,
+    read_rounds_csv,
+    save_resume_state,
+    save_tensors,
+    write_metrics,
+    write_rounds_csv,
+)
+from lth.train import RoundOutcome, RoundState, derive_seed, train_round
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked; the message says how to proceed."""
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    rounds: list[dict[str, Any]]
+
+
+def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
+    return root / f"{config.name}-{cfgmod.config_hash(config)}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunDirError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def seeds_for(config: Config) -> dict[str, int]:
+    """The generators' seeds, all derived from the one `seed` in the config."""
+    return {
+        "seed": config.seed,
+        "init_seed": derive_seed(config.seed, "init"),
+        "data_seed": derive_seed(config.seed, "data"),
+    }
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.toml").is_file() and (path / "manifest.json").is_file()
+
+
+@contextmanager
+def _locked(run: RunDir) -> Iterator[None]:
+    """One writer per run directory: a second `lth run` on it fails instead of interleaving."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    with open(run.root / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run.root} is in use by another lth process; wait for it or choose another --out") from None
+        yield
+
+
+def _prepare(run: RunDir, config: Config, resume: bool, force: bool) -> None:
+    """Check the directory against the request before anything is written."""
+    root = run.root
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{root} exists and is not a directory; choose another --out")
+    occupied = root.exists() and any(p.name != ".lock" for p in root.iterdir())
+    if not occupied:
+        return
+    if force:
+        if not is_run_dir(root):
+            raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); refusing to delete it with --force")
+        return
+    if not resume:
+        raise RunDirError(f"{root} already holds a run; pass --resume to continue it or --force to delete it and start over")
+    if not is_run_dir(root):
+        raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); choose another --out")
+    stored = cfgmod.load(run.config)
+    if cfgmod.to_dict(stored) | {"device": ""} != cfgmod.to_dict(config) | {"device": ""}:
+        raise RunDirError(f"{root} holds a run with a different config; resume it as it is with `lth resume {root}` or choose another --out")
+
+
+def _parse(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(value, value)
+
+
+def _round_row(round_index: int, config: Config, outcome: RoundOutcome, masks: Masks, pruned: int, skipped: bool, seconds: float) -> dict[str, Any]:
+    kept, total = sum(count_kept(masks).values()), sum(count_total(masks).values())
+    row: dict[str, Any] = {
+        "round": round_index,
+        "criterion": config.prune.criterion if round_index else "none",
+        "rewind": config.rewind if round_index else "none",
+        "pruning_skipped": skipped,
+        "pruned": pruned,
+        "weights_remaining": kept,
+        "weights_prunable": total,
+        "remaining_pct": 100.0 * kept / total,
+        "best_epoch": outcome.best_epoch,
+        "best_val_loss": outcome.best_val_loss,
+        "best_val_acc": outcome.best_val_acc,
+        "final_val_loss": outcome.final_val_loss,
+        "final_val_acc": outcome.final_val_acc,
+        "test_acc_best": outcome.test_acc_best,
+        "test_acc_final": outcome.test_acc_final,
+        "test_loss_best": outcome.test_loss_best,
+        "test_loss_final": outcome.test_loss_final,
+        "seconds": seconds,
+    }
+    row.update({f"density/{name}": d for name, d in density(masks).items()})
+    return row
+
+
+def run_study(
+    config: Config,
+    out: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+) -> StudyResult:
+    """Run (or continue) a study; returns its run directory and per-round results.
+
+    `progress=None` shows bars only on a terminal; the per-round summary is always printed.
+    """
+    cfgmod.validate(config)
+    run = RunDir(Path(out) if out is not None else default_run_dir(config))
+    _prepare(run, config, resume, force)
+    device = resolve_device(config.device)
+    with _locked(run):
+        if force and is_run_dir(run.root):
+            for child in run.root.iterdir():
+                if child.name != ".lock":
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return _run_locked(run, config, device, data_dir, progress)
+
+
+def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None, device: str | None = None) -> StudyResult:
+    """Continue an interrupted study from its own stored config."""
+    root = Path(run_dir)
+    if not is_run_dir(root):
+        raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); check the path")
+    config = cfgmod.load(root / "config.toml")
+    if device is not None:
+        config = cfgmod.apply_overrides(config, {"device": device})
+    return run_study(config, out=root, data_dir=data_dir, resume=True, progress=progress)
+
+
+def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any, progress: bool | None) -> StudyResult:
+    seeds = seeds_for(config)
+    splits = load_splits(
+        data_dir, device=device, train_size=config.data.train_size,
+        val_size=config.data.val_size, test_size=config.data.test_size,
+    )
+    model = build_model(config.model, seeds["init_seed"])
+    prunable = prunable_names(model)
+    if not run.config.exists():
+        atomic_write_text(run.config, cfgmod.to_toml(config))
+        manifest = {
+            "lth_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "seeds": seeds,
+            "prunable": prunable,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(run.manifest, json.dumps(manifest, indent=2) + "\n")
+    if run.init.exists():
+        init = load_tensors(run.init)
+    else:
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        save_tensors(run.init, init)
+
+    rows = [{k: _parse(v) for k, v in r.items()} for r in read_rounds_csv(run.rounds)]
+    total_rounds = config.prune.rounds + 1
+    criterion = get_criterion(config.prune.criterion)
+    bars = Progress(total_rounds, enabled=progress)
+    bars.skip_rounds(len(rows))
+    try:
+        for r in range(len(rows), total_rounds):
+            rows.append(_run_round(run, config, r, model, init, prunable, criterion, splits, seeds, bars))
+            write_rounds_csv(run.rounds, rows)
+            bars.end_round(rows[-1], total_rounds)
+            run.resume_state.unlink(missing_ok=True)
+    finally:
+        bars.close()
+    return StudyResult(run.root, rows)
+
+
+def _masks_for_round(run: RunDir, config: Config, r: int, model: torch.nn.Module, prunable: list[str], criterion: Any, init: dict) -> tuple[Masks, int, bool]:
+    if run.mask(r).exists():
+        masks = load_tensors(run.mask(r))
+    elif r == 0:
+        masks = full_masks(model, prunable)
+    else:
+        previous = load_tensors(run.mask(r - 1))
+        masks = criterion(load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), init, previous, config.prune.fraction, prunable)
+    if r == 0:
+        return masks, 0, False
+    before = sum(count_kept(load_tensors(run.mask(r - 1))).values())
+    pruned = before - sum(count_kept(masks).values())
+    return masks, pruned, pruned == 0
+
+
+def _run_round(run: RunDir, config: Config, r: int, model: torch.nn.Module, init: dict, prunable: list[str], criterion: Any, splits: Any, seeds: dict[str, int], bars: Progress) -> dict[str, Any]:
+    masks, pruned, skipped = _masks_for_round(run, config, r, model, prunable, criterion, init)
+    if not run.mask(r).exists():
+        save_tensors(run.mask(r), masks)
+
+    # Rewind: surviving weights back to θ0, pruned ones to exactly zero.
+    model.load_state_dict(init)
+    apply_masks_(model, masks)
+
+    resume_state: RoundState | None = None
+    if run.resume_state.exists():
+        saved_round, state = load_resume_state(run.resume_state)
+        if saved_round == r:
+            resume_state = state
+        else:
+            run.resume_state.unlink()
+    earlier = [m for m in read_metrics(run.metrics) if m.get("round", -1) < r]
+    write_metrics(run.metrics, earlier + (resume_state.history if resume_state else []))
+
+    epochs = config.train.initial_epochs if r == 0 else config.train.epochs
+    bars.start_round(r, epochs, resume_state.epochs_done if resume_state else 0)
+    elapsed_before = sum(m["seconds"] for m in (resume_state.history if resume_state else []))
+    started = time.perf_counter()
+
+    def on_epoch_end(state: RoundState) -> None:
+        save_resume_state(run.resume_state, r, state)
+        append_metrics(run.metrics, state.history[-1:])
+        bars.end_epoch(state.history[-1])
+
+    outcome = train_round(
+        model, masks, splits, config.train, epochs, seeds["data_seed"], r,
+        resume=resume_state, on_epoch_end=on_epoch_end,
+    )
+    save_tensors(run.best(r), outcome.best)
+    save_tensors(run.final(r), outcome.final)
+    seconds = elapsed_before + time.perf_counter() - started
+    return _round_row(r, config, outcome, masks, pruned, skipped, seconds)

@@ -1,0 +1,75 @@
+"""Pruning masks: `state_dict` name → bool tensor (True kept, False pruned).
+
+Masks are applied in place after every optimizer step and whenever weights are loaded or
+rewound, so a pruned weight is exactly zero in every forward pass and every saved checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+
+def full_masks(model: nn.Module, names: Iterable[str]) -> Masks:
+    """All-ones masks for `names` (round 0 trains the dense network)."""
+    params = dict(model.named_parameters())
+    return {name: torch.ones_like(params[name], dtype=torch.bool, device="cpu") for name in names}
+
+
+class MaskApplier:
+    """Re-applies masks to a model's parameters with one fused in-place multiply.
+
+    Built once per round so the per-step cost is a single `_foreach_mul_` with no Python loop
+    over layers or host copies.
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        missing = sorted(set(masks) - set(params))
+        if missing:
+            raise KeyError(f"mask for unknown parameter {missing[0]!r}")
+        self.params = [params[name] for name in masks]
+        self.factors = [
+            masks[name].to(device=params[name].device, dtype=params[name].dtype) for name in masks
+        ]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.factors)
+
+
+def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the pruned entries of `model`'s parameters in place."""
+    MaskApplier(model, masks)()
+
+
+def mask_state(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state dict with pruned entries zeroed (for rewinding to stored weights)."""
+    out = {k: v.clone() for k, v in state.items()}
+    for name, mask in masks.items():
+        out[name].mul_(mask.to(device=out[name].device, dtype=out[name].dtype))
+    return out
+
+
+def count_kept(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {name: int(mask.sum()) for name, mask in masks.items()}
+
+
+def count_total(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    return {name: mask.numel() for name, mask in masks.items()}
+
+
+def density(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction kept per layer."""
+    return {name: float(mask.sum()) / mask.numel() for name, mask in masks.items()}
+
+
+def overall_density(masks: Mapping[str, torch.Tensor]) -> float:
+    kept = sum(count_kept(masks).values())
+    total = sum(count_total(masks).values())
+    return kept / total if total else 1.0

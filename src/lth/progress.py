@@ -1,0 +1,60 @@
+"""Progress display: nested tqdm bars for rounds and epochs, and one summary line per round.
+
+Bars go to stderr and switch themselves off when it is not a terminal (tqdm's `disable=None`);
+the per-round summary always goes to stdout, so logs of batch jobs still say how a study went.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class Progress:
+    def __init__(self, total_rounds: int, enabled: bool | None = None, summaries: bool = True) -> None:
+        # enabled=None lets tqdm decide (on for a terminal, off for pipes and files).
+        self.enabled = None if enabled is None else not enabled
+        self.summaries = summaries
+        self.rounds = tqdm(total=total_rounds, desc="rounds", unit="round", disable=self.enabled, position=0, file=sys.stderr)
+        self.epochs: Any = None
+
+    def start_round(self, round_index: int, epochs: int, epochs_done: int) -> None:
+        self.epochs = tqdm(
+            total=epochs, initial=epochs_done, desc=f"round {round_index}", unit="epoch",
+            disable=self.enabled, position=1, leave=False, file=sys.stderr,
+        )
+
+    def end_epoch(self, row: dict[str, Any]) -> None:
+        if self.epochs is not None:
+            self.epochs.set_postfix(val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_acc']:.3f}")
+            self.epochs.update(1)
+
+    def end_round(self, row: dict[str, Any], total_rounds: int) -> None:
+        if self.epochs is not None:
+            self.epochs.close()
+            self.epochs = None
+        self.rounds.update(1)
+        if self.summaries:
+            tqdm.write(summary_line(row, total_rounds), file=sys.stdout)
+
+    def skip_rounds(self, n: int) -> None:
+        self.rounds.update(n)
+
+    def close(self) -> None:
+        if self.epochs is not None:
+            self.epochs.close()
+        self.rounds.close()
+
+
+def summary_line(row: dict[str, Any], total_rounds: int) -> str:
+    pruning = "dense" if int(row["round"]) == 0 else (
+        "pruning skipped (best == final)" if row["pruning_skipped"] else f"pruned {row['pruned']:,}"
+    )
+    return (
+        f"round {row['round']}/{total_rounds - 1}: {row['remaining_pct']:.1f}% remaining, {pruning}; "
+        f"best epoch {row['best_epoch']} (val loss {row['best_val_loss']:.4f}); "
+        f"test acc best {100 * row['test_acc_best']:.2f}% final {100 * row['test_acc_final']:.2f}%; "
+        f"{row['seconds']:.0f} s"
+    )
