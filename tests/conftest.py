@@ -1,0 +1,59 @@
+"""Shared fixtures: the real CIFAR-10 location and one tiny real study reused by several tests.
+
+The data is found through $LTH_DATA_DIR, defaulting to `<repo>/../shared/data`. Missing data is a
+test failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lth import config as cfgmod
+from lth.data import find_batches_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A study small enough for CI: a few hundred real images, 3 epochs a round, 2 pruning rounds.
+# A 100-image validation set is noisy enough that the best epoch is rarely the last, so pruning happens.
+TINY_OVERRIDES = {
+    "name": "tiny",
+    "data.train_size": "200",
+    "data.val_size": "100",
+    "data.test_size": "200",
+    "train.initial_epochs": "4",
+    "train.epochs": "4",
+    "train.lr": "1e-3",
+    "train.batch_size": "20",
+    "prune.rounds": "2",
+    "device": "cpu",
+}
+
+
+def tiny_config() -> cfgmod.Config:
+    return cfgmod.apply_overrides(cfgmod.preset("quick"), TINY_OVERRIDES)
+
+
+def tiny_cli_args() -> list[str]:
+    args = ["--preset", "quick"]
+    for key, value in TINY_OVERRIDES.items():
+        args += [f"--{key}", value]
+    return args
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("LTH_DATA_DIR") or REPO.parent / "shared" / "data")
+    assert find_batches_dir(root) is not None, f"real CIFAR-10 not found under {root}; set LTH_DATA_DIR"
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One uninterrupted tiny study on the real data, shared by the contract and resume tests."""
+    from lth.experiment import run_study
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return run_study(tiny_config(), out=out, data_dir=data_root, progress=False)
