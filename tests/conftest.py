@@ -16,7 +16,8 @@ from lth.data import find_batches_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A study small enough for CI: a few hundred real images, 3 epochs a round, 2 pruning rounds.
+# LTH_TEST_DEVICE=cuda runs it on a GPU (CPU by default; bit-identical resume is a CPU promise).
+# A study small enough for CI: a few hundred real images, 4 epochs a round, 2 pruning rounds.
 # A 100-image validation set is noisy enough that the best epoch is rarely the last, so pruning happens.
 TINY_OVERRIDES = {
     "name": "tiny",
@@ -28,7 +29,7 @@ TINY_OVERRIDES = {
     "train.lr": "1e-3",
     "train.batch_size": "20",
     "prune.rounds": "2",
-    "device": "cpu",
+    "device": os.environ.get("LTH_TEST_DEVICE", "cpu"),
 }
 
 
