@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from conftest import tiny_cli_args
+import pytest
+
+from conftest import tiny_cli_args, tiny_config
 from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
 
 
@@ -46,6 +48,8 @@ def strip_seconds(rows):
 
 
 def test_sigkill_mid_epoch_and_mid_round_then_resume_is_bit_identical(tiny_run, data_root, tmp_path):
+    if tiny_config().device != "cpu":
+        pytest.skip("bit-identical resume is a CPU guarantee; GPU kernels are not bitwise reproducible")
     out = tmp_path / "run"
     run = RunDir(out)
     start = lth("run", *tiny_cli_args(), "--out", str(out), "--data-dir", str(data_root), "--no-progress")
