@@ -76,7 +76,7 @@ PRESETS: dict[str, Config] = {
     # The seed study: 26 epochs dense, then 15 rounds × 25 epochs of high-movement pruning.
     "seed": Config(name="seed"),
     # A few minutes on a 2-core CPU: a demonstration of the mechanics, not a result. 300
-    # training images overfit within a round (the validation loss bottoms out around epoch 9
+    # training images overfit within a round (the validation loss bottoms out around epoch 11
     # of 16 and then climbs), so best != final and every round really prunes. Smaller batches
     # and a higher learning rate get there in fewer image passes than the seed's schedule.
     "quick": Config(
