@@ -44,7 +44,7 @@ def lth_epoch(splits, batch: int) -> float:
     model = build_model("seed-cnn", 0)
     masks = full_masks(model, prunable_names(model))
     started = time.perf_counter()
-    train_round(model, masks, splits, TrainConfig(batch_size=batch), 1, 0, 0)
+    train_round(model, masks, splits, TrainConfig(batch_size=batch, initial_epochs=1), 0, 0)
     return splits.train_x.shape[0] / (time.perf_counter() - started)
 
 

@@ -26,7 +26,7 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}; overrides look like --train.epochs 3")
         key, eq, value = token[2:].partition("=")
-        if key not in keys:
+        if not cfgmod.is_settable(key):
             close = difflib.get_close_matches(key, keys, n=1)
             hint = f"; did you mean --{close[0]}?" if close else f"; known keys: {', '.join(keys)}"
             raise ConfigError(f"unknown option --{key}{hint}")
@@ -52,13 +52,15 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> cfgmod.Config:
 
 
 def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.experiment import run_study
+    from lth.experiment import run_replicates, run_study
 
     config = build_config(args, extra)
-    result = run_study(
-        config, out=args.out, data_dir=args.data_dir, resume=args.resume,
-        force=args.force, progress=False if args.no_progress else None,
-    )
+    options = dict(out=args.out, data_dir=args.data_dir, resume=args.resume, force=args.force, progress=False if args.no_progress else None)
+    if args.replicates != 1:
+        results = run_replicates(config, args.replicates, **options)
+        print(f"run directories: {', '.join(str(r.run_dir) for r in results)}")
+        return 0
+    result = run_study(config, **options)
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -105,6 +107,7 @@ def make_parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run already in --out")
     mode.add_argument("--force", action="store_true", help="DESTRUCTIVE: delete the run already in --out and start over")
+    run.add_argument("--replicates", type=int, default=1, metavar="K", help="K runs with seeds N..N+K-1, each in --out/seed-<s>/")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (summaries still print)")
     run.set_defaults(func=_cmd_run)
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import tomli_w
 
-REWIND_POINTS = ("init",)
+REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
+LAYER_TYPES = ("conv", "dense", "output")
+SCOPES = ("global", "layer")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,12 @@ class TrainConfig:
 
     initial_epochs: int = 26
     epochs: int = 25
+    # Training length in iterations for every round, round 0 included (Frankle & Carbin count
+    # iterations); when set it replaces the epoch counts.
+    steps: int | None = None
+    # "epoch" (the seed) or a number of iterations (F&C evaluate every 100); the best weights
+    # and early stopping follow this cadence.
+    eval_every: str = "epoch"
     batch_size: int = 60
     lr: float = 3e-4
     beta1: float = 0.9
@@ -56,11 +64,25 @@ class PruneConfig:
     criterion: str = "high-movement"
     fraction: float = 0.1
     rounds: int = 15
+    # "global": one ranking over all prunable layers; "layer": each layer prunes its own rate.
+    scope: str = "global"
+    # Per layer type, scope "layer" only: {conv = 0.1, dense = 0.2, output = 0.1}. The output
+    # layer is pruned only if it is given a rate here or in `layer_rates` (the seed excludes it).
+    rates: dict[str, float] = field(default_factory=dict)
+    # Per tensor (`state_dict` name), scope "layer" only; wins over `rates`.
+    layer_rates: dict[str, float] = field(default_factory=dict)
+    # `random` only: a run directory whose per-layer kept counts this run copies round by round.
+    match: str | None = None
 
 
 @dataclass(frozen=True)
 class Config:
-    """A whole study. `seed` alone determines θ0 and every epoch's data order."""
+    """A whole study. `seed` alone determines θ0 and every epoch's data order.
+
+    `rewind` is where the survivors restart each round: `init` (θ0), `epoch:K` (the weights
+    after epoch K of round 0), `best` / `final` (the previous round's: fine-tuning) or `reinit`
+    (fresh random weights from a seed derived from `seed` and the round: the control).
+    """
 
     name: str = "seed"
     model: str = "seed-cnn"
@@ -85,7 +107,35 @@ PRESETS: dict[str, Config] = {
         train=TrainConfig(initial_epochs=16, epochs=16, batch_size=20, lr=1e-3),
         prune=PruneConfig(rounds=3),
     ),
+    # The seed's model and schedule with one control swapped in.
+    "seed-magnitude": Config(name="seed-magnitude", prune=PruneConfig(criterion="magnitude")),
+    "seed-random": Config(name="seed-random", prune=PruneConfig(criterion="random")),
+    "seed-reinit": Config(name="seed-reinit", rewind="reinit"),
 }
+
+
+def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds: int) -> Config:
+    """Frankle & Carbin (ICLR 2019) Conv-2/4/6: per-layer magnitude pruning (conv, dense 20%,
+    output 10%), rewind to θ0, Adam, batch 60, validation every 100 iterations; `rounds` brings
+    the network to about 2% of its weights."""
+    return Config(
+        name=f"fc-{model}",
+        model=model,
+        train=TrainConfig(steps=steps, eval_every="100", batch_size=60, lr=lr),
+        prune=PruneConfig(
+            criterion="magnitude", scope="layer", rounds=rounds,
+            rates={"conv": conv_rate, "dense": 0.2, "output": 0.1},
+        ),
+    )
+
+
+PRESETS.update(
+    {
+        "fc-conv2": _frankle_carbin("conv2", 2e-4, 20_000, 0.10, rounds=18),  # 1.9% remaining
+        "fc-conv4": _frankle_carbin("conv4", 3e-4, 25_000, 0.10, rounds=21),  # 2.0%
+        "fc-conv6": _frankle_carbin("conv6", 3e-4, 30_000, 0.15, rounds=21),  # 2.1%
+    }
+)
 
 
 def preset(name: str) -> Config:
@@ -128,6 +178,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "all")):
             return None
         return _coerce(value, options[0], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table like {{conv = 0.1}}, got {value!r}")
+        value_type = typing.get_args(annotation)[1]
+        return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -152,6 +207,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # e.g. eval_every = 100 in TOML
     else:  # pragma: no cover - only the annotations above are used
         raise ConfigError(f"{key}: unsupported type {annotation}")
     name = getattr(annotation, "__name__", str(annotation))
@@ -210,6 +267,12 @@ def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
     """Apply dotted `key -> string value` overrides such as {'train.epochs': '3'}."""
     nested: dict[str, Any] = {}
     for dotted, value in overrides.items():
+        table = next((t for t in DICT_KEYS if dotted.startswith(t + ".")), None)
+        if table is not None:  # one entry of a table merges into the table it overrides
+            name, entry = table.split(".")[1], dotted[len(table) + 1 :]
+            merged = nested.setdefault("prune", {}).setdefault(name, dict(getattr(config.prune, name)))
+            merged[entry] = value
+            continue
         parts = dotted.split(".")
         node = nested
         for part in parts[:-1]:
@@ -220,16 +283,30 @@ def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
     return from_dict(nested, config)
 
 
+DICT_KEYS = ("prune.rates", "prune.layer_rates")
+
+
 def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every settable key, for `--help` and for suggesting the fix to a typo."""
+    """Every settable key, for `--help` and for suggesting the fix to a typo.
+
+    Table entries are listed as `prune.rates.conv` etc. and `prune.layer_rates.NAME`.
+    """
     hints = _field_types(cls)
     keys = []
     for f in fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             keys += dotted_keys(hints[f.name], prefix + f.name + ".")
+        elif prefix + f.name == "prune.rates":
+            keys += [f"prune.rates.{t}" for t in LAYER_TYPES]
+        elif prefix + f.name == "prune.layer_rates":
+            keys.append("prune.layer_rates.NAME")
         else:
             keys.append(prefix + f.name)
     return keys
+
+
+def is_settable(key: str) -> bool:
+    return key in dotted_keys() or (key.startswith("prune.layer_rates.") and len(key) > len("prune.layer_rates."))
 
 
 # ---------------------------------------------------------------- validation
@@ -256,7 +333,22 @@ def validate(config: Config) -> None:
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
     need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
-    need(config.rewind in REWIND_POINTS, f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)}")
+    need(
+        config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
+        f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
+    )
+    if config.rewind.startswith("epoch:"):
+        k = int(config.rewind[6:])
+        need(t.steps is not None or k <= t.initial_epochs, f"rewind: epoch:{k} is after round 0's last epoch ({t.initial_epochs})")
+    need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
+    need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
+    need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
+    bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
+    need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")
+    for key, rate in [*(("rates." + k, v) for k, v in p.rates.items()), *(("layer_rates." + k, v) for k, v in p.layer_rates.items())]:
+        need(0.0 <= rate < 1.0, f"prune.{key}: must be in [0, 1), got {rate}")
+    need(p.scope == "layer" or not (p.rates or p.layer_rates), "prune.rates/layer_rates: per-layer rates need prune.scope = \"layer\"")
+    need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
     need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
     need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
     for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):

@@ -9,6 +9,7 @@ and results as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ from lth import config as cfgmod
 from lth.config import Config
 from lth.data import load_splits
 from lth.masks import Masks, apply_masks_, count_kept, count_total, density, full_masks
-from lth.models import build_model, prunable_names
+from lth.models import build_model, layer_types, prunable_names
 from lth.progress import Progress
 from lth.pruning import get_criterion
 from lth.store import (
@@ -44,7 +45,11 @@ from lth.store import (
     write_metrics,
     write_rounds_csv,
 )
-from lth.train import RoundOutcome, RoundState, derive_seed, train_round
+from lth.train import RoundOutcome, RoundState, cpu_state, derive_seed, round_length, steps_per_epoch, train_round
+
+# With an iteration cadence (eval every N steps) the resume state is written at an evaluation
+# at most this often, so a fast GPU run is not throttled by checkpoint writes.
+RESUME_SAVE_SECONDS = 30.0
 
 
 class RunDirError(RuntimeError):
@@ -136,6 +141,7 @@ def _round_row(round_index: int, config: Config, outcome: RoundOutcome, masks: M
         "weights_prunable": total,
         "remaining_pct": 100.0 * kept / total,
         "best_epoch": outcome.best_epoch,
+        "best_step": outcome.best_step,
         "best_val_loss": outcome.best_val_loss,
         "best_val_acc": outcome.best_val_acc,
         "final_val_loss": outcome.final_val_loss,
@@ -174,6 +180,36 @@ def run_study(
         return _run_locked(run, config, device, data_dir, progress)
 
 
+def replicate_configs(config: Config, replicates: int) -> list[Config]:
+    """K copies of a study with seeds N, N+1, ..., N+K-1 (each recorded in its own config)."""
+    if replicates < 1:
+        raise cfgmod.ConfigError(f"--replicates: must be >= 1, got {replicates}")
+    return [dataclasses.replace(config, seed=config.seed + i) for i in range(replicates)]
+
+
+def run_replicates(
+    config: Config,
+    replicates: int,
+    out: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+) -> list[StudyResult]:
+    """Run K seeds of one study, one after another, each in `<out>/seed-<s>/`.
+
+    Every child directory is checked before the first one starts, so a refused child cannot
+    leave the others half-done.
+    """
+    configs = replicate_configs(config, replicates)
+    parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
+    children = [RunDir(parent / f"seed-{c.seed}") for c in configs]
+    for child, c in zip(children, configs):
+        cfgmod.validate(c)
+        _prepare(child, c, resume, force)
+    return [run_study(c, out=child.root, data_dir=data_dir, resume=resume, force=force, progress=progress) for child, c in zip(children, configs)]
+
+
 def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None, device: str | None = None) -> StudyResult:
     """Continue an interrupted study from its own stored config."""
     root = Path(run_dir)
@@ -185,6 +221,64 @@ def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     return run_study(config, out=root, data_dir=data_dir, resume=True, progress=progress)
 
 
+def pruned_tensors(config: Config, model: torch.nn.Module) -> list[str]:
+    """The tensors a study may prune: the model's prunable kernels, plus the output layer only
+    if the config gives it a rate (Frankle & Carbin prune it; the seed does not)."""
+    types = layer_types(model)
+    p = config.prune
+    unknown = sorted(set(p.layer_rates) - set(types))
+    if unknown:
+        raise cfgmod.ConfigError(f"prune.layer_rates: {unknown[0]!r} is not a conv/dense weight of {config.model}; choose from {', '.join(types)}")
+    names = prunable_names(model)
+    for name, kind in types.items():
+        if kind == "output" and p.layer_rates.get(name, p.rates.get("output", 0.0)) > 0:
+            names.append(name)
+    return names
+
+
+def layer_fractions(config: Config, model: torch.nn.Module, names: list[str]) -> dict[str, float] | None:
+    """Per-tensor pruning rates for scope "layer": per-name rate, else per-type, else `fraction`."""
+    p = config.prune
+    if p.scope != "layer":
+        return None
+    types = layer_types(model)
+    return {n: p.layer_rates.get(n, p.rates.get(types[n], p.fraction)) for n in names}
+
+
+def rewind_weights(config: Config, r: int, run: RunDir, init: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Where round `r`'s survivors restart (before masking). Round 0 always starts at θ0."""
+    kind = config.rewind
+    if r == 0 or kind == "init":
+        return init
+    if kind.startswith("epoch:"):
+        return load_tensors(run.rewind_point)
+    if kind == "best":
+        return load_tensors(run.best(r - 1))
+    if kind == "final":
+        return load_tensors(run.final(r - 1))
+    if kind == "reinit":
+        return build_model(config.model, derive_seed(config.seed, "reinit", r)).state_dict()
+    raise cfgmod.ConfigError(f"rewind: unknown rewind point {kind!r}")
+
+
+def _match_counts(config: Config, names: list[str]) -> list[dict[str, int]] | None:
+    """Per-round kept counts of the run a random control copies (checked before any write)."""
+    if config.prune.match is None:
+        return None
+    other = RunDir(Path(config.prune.match))
+    if not is_run_dir(other.root):
+        raise RunDirError(f"prune.match: {other.root} is not an lth run directory; give the run whose densities to copy")
+    counts = []
+    for r in range(config.prune.rounds + 1):
+        if not other.mask(r).exists():
+            raise RunDirError(f"prune.match: {other.root} has no mask for round {r}; let it finish or use fewer --rounds")
+        mask = load_tensors(other.mask(r))
+        if sorted(mask) != sorted(names):
+            raise RunDirError(f"prune.match: {other.root} prunes other tensors ({', '.join(sorted(mask))}); match a run of the same model and output-layer setting")
+        counts.append(count_kept(mask))
+    return counts
+
+
 def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any, progress: bool | None) -> StudyResult:
     seeds = seeds_for(config)
     splits = load_splits(
@@ -192,7 +286,13 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
         val_size=config.data.val_size, test_size=config.data.test_size,
     )
     model = build_model(config.model, seeds["init_seed"])
-    prunable = prunable_names(model)
+    names = pruned_tensors(config, model)
+    matched = _match_counts(config, names)
+    n_train = splits.train_x.shape[0]
+    if config.rewind.startswith("epoch:"):
+        k_steps = int(config.rewind[6:]) * steps_per_epoch(n_train, config.train.batch_size)
+        if k_steps > round_length(config.train, n_train, 0):
+            raise cfgmod.ConfigError(f"rewind: {config.rewind} is after round 0's last iteration ({round_length(config.train, n_train, 0)})")
     if not run.config.exists():
         atomic_write_text(run.config, cfgmod.to_toml(config))
         manifest = {
@@ -201,7 +301,7 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
             "python": platform.python_version(),
             "device": str(device),
             "seeds": seeds,
-            "prunable": prunable,
+            "prunable": names,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_text(run.manifest, json.dumps(manifest, indent=2) + "\n")
@@ -213,12 +313,12 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
 
     rows = [{k: _parse(v) for k, v in r.items()} for r in read_rounds_csv(run.rounds)]
     total_rounds = config.prune.rounds + 1
-    criterion = get_criterion(config.prune.criterion)
+    study = _Study(run, config, model, init, names, splits, seeds, matched)
     bars = Progress(total_rounds, enabled=progress)
     bars.skip_rounds(len(rows))
     try:
         for r in range(len(rows), total_rounds):
-            rows.append(_run_round(run, config, r, model, init, prunable, criterion, splits, seeds, bars))
+            rows.append(study.run_round(r, bars))
             write_rounds_csv(run.rounds, rows)
             bars.end_round(rows[-1], total_rounds)
             run.resume_state.unlink(missing_ok=True)
@@ -227,55 +327,95 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
     return StudyResult(run.root, rows)
 
 
-def _masks_for_round(run: RunDir, config: Config, r: int, model: torch.nn.Module, prunable: list[str], criterion: Any, init: dict) -> tuple[Masks, int, bool]:
-    if run.mask(r).exists():
-        masks = load_tensors(run.mask(r))
-    elif r == 0:
-        masks = full_masks(model, prunable)
-    else:
-        previous = load_tensors(run.mask(r - 1))
-        masks = criterion(load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), init, previous, config.prune.fraction, prunable)
-    if r == 0:
-        return masks, 0, False
-    before = sum(count_kept(load_tensors(run.mask(r - 1))).values())
-    pruned = before - sum(count_kept(masks).values())
-    return masks, pruned, pruned == 0
+@dataclass
+class _Study:
+    """What every round of one study shares; `run_round` does one round end to end."""
 
+    run: RunDir
+    config: Config
+    model: torch.nn.Module
+    init: dict[str, torch.Tensor]
+    names: list[str]
+    splits: Any
+    seeds: dict[str, int]
+    matched: list[dict[str, int]] | None
 
-def _run_round(run: RunDir, config: Config, r: int, model: torch.nn.Module, init: dict, prunable: list[str], criterion: Any, splits: Any, seeds: dict[str, int], bars: Progress) -> dict[str, Any]:
-    masks, pruned, skipped = _masks_for_round(run, config, r, model, prunable, criterion, init)
-    if not run.mask(r).exists():
-        save_tensors(run.mask(r), masks)
-
-    # Rewind: surviving weights back to θ0, pruned ones to exactly zero.
-    model.load_state_dict(init)
-    apply_masks_(model, masks)
-
-    resume_state: RoundState | None = None
-    if run.resume_state.exists():
-        saved_round, state = load_resume_state(run.resume_state)
-        if saved_round == r:
-            resume_state = state
+    def masks_for_round(self, r: int) -> tuple[Masks, int, bool]:
+        """Round r's mask (stored if an earlier attempt got that far), pruned count, skipped."""
+        run, p = self.run, self.config.prune
+        if run.mask(r).exists():
+            masks = load_tensors(run.mask(r))
+        elif r == 0:
+            masks = full_masks(self.model, self.names)
         else:
-            run.resume_state.unlink()
-    earlier = [m for m in read_metrics(run.metrics) if m.get("round", -1) < r]
-    write_metrics(run.metrics, earlier + (resume_state.history if resume_state else []))
+            criterion = get_criterion(p.criterion)
+            masks = criterion(
+                load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), self.init,
+                load_tensors(run.mask(r - 1)), p.fraction, self.names,
+                scope=p.scope, layer_fractions=layer_fractions(self.config, self.model, self.names),
+                seed=derive_seed(self.config.seed, "prune", r),
+                target_kept=self.matched[r] if self.matched else None,
+            )
+        if r == 0:
+            return masks, 0, False
+        before = sum(count_kept(load_tensors(run.mask(r - 1))).values())
+        pruned = before - sum(count_kept(masks).values())
+        return masks, pruned, pruned == 0
 
-    epochs = config.train.initial_epochs if r == 0 else config.train.epochs
-    bars.start_round(r, epochs, resume_state.epochs_done if resume_state else 0)
-    elapsed_before = sum(m["seconds"] for m in (resume_state.history if resume_state else []))
-    started = time.perf_counter()
+    def run_round(self, r: int, bars: Progress) -> dict[str, Any]:
+        run, config, model = self.run, self.config, self.model
+        masks, pruned, skipped = self.masks_for_round(r)
+        if not run.mask(r).exists():
+            save_tensors(run.mask(r), masks)
 
-    def on_epoch_end(state: RoundState) -> None:
-        save_resume_state(run.resume_state, r, state)
-        append_metrics(run.metrics, state.history[-1:])
-        bars.end_epoch(state.history[-1])
+        # Rewind, then zero the pruned weights: survivors restart from the rewind point.
+        model.load_state_dict(rewind_weights(config, r, run, self.init))
+        apply_masks_(model, masks)
 
-    outcome = train_round(
-        model, masks, splits, config.train, epochs, seeds["data_seed"], r,
-        resume=resume_state, on_epoch_end=on_epoch_end,
-    )
-    save_tensors(run.best(r), outcome.best)
-    save_tensors(run.final(r), outcome.final)
-    seconds = elapsed_before + time.perf_counter() - started
-    return _round_row(r, config, outcome, masks, pruned, skipped, seconds)
+        resume_state: RoundState | None = None
+        if run.resume_state.exists():
+            saved_round, state = load_resume_state(run.resume_state)
+            if saved_round == r:
+                resume_state = state
+            else:
+                run.resume_state.unlink()
+        history = resume_state.history if resume_state else []
+        earlier = [m for m in read_metrics(run.metrics) if m.get("round", -1) < r]
+        write_metrics(run.metrics, earlier + history)
+
+        n_train = self.splits.train_x.shape[0]
+        bars.start_round(r, round_length(config.train, n_train, r), resume_state.steps_done if resume_state else 0)
+        elapsed_before = sum(m["seconds"] for m in history)
+        started = time.perf_counter()
+        last_save = [time.monotonic()]
+        per_eval_save = config.train.eval_every == "epoch"
+        total_steps = round_length(config.train, n_train, r)
+
+        def on_eval(state: RoundState) -> None:
+            now = time.monotonic()
+            if per_eval_save or now - last_save[0] >= RESUME_SAVE_SECONDS or state.steps_done == total_steps:
+                save_resume_state(run.resume_state, r, state)
+                last_save[0] = now
+                # metrics.jsonl holds exactly the evaluations a resume would not redo.
+                if per_eval_save:
+                    append_metrics(run.metrics, state.history[-1:])
+                else:
+                    write_metrics(run.metrics, earlier + state.history)
+            bars.end_eval(state.history[-1])
+
+        snapshots = None
+        if r == 0 and config.rewind.startswith("epoch:") and not run.rewind_point.exists():
+            at = int(config.rewind[6:]) * steps_per_epoch(n_train, config.train.batch_size)
+
+            def snapshots(step: int, m: torch.nn.Module) -> None:
+                if step == at:
+                    save_tensors(run.rewind_point, cpu_state(m))
+
+        outcome = train_round(
+            model, masks, self.splits, config.train, self.seeds["data_seed"], r,
+            resume=resume_state, on_eval=on_eval, snapshots=snapshots,
+        )
+        save_tensors(run.best(r), outcome.best)
+        save_tensors(run.final(r), outcome.final)
+        seconds = elapsed_before + time.perf_counter() - started
+        return _round_row(r, config, outcome, masks, pruned, skipped, seconds)

@@ -20,16 +20,17 @@ class Progress:
         self.rounds = tqdm(total=total_rounds, desc="rounds", unit="round", disable=self.enabled, position=0, file=sys.stderr)
         self.epochs: Any = None
 
-    def start_round(self, round_index: int, epochs: int, epochs_done: int) -> None:
+    def start_round(self, round_index: int, steps: int, steps_done: int) -> None:
+        """The inner bar counts iterations; it moves at every evaluation (each epoch by default)."""
         self.epochs = tqdm(
-            total=epochs, initial=epochs_done, desc=f"round {round_index}", unit="epoch",
+            total=steps, initial=steps_done, desc=f"round {round_index}", unit="step",
             disable=self.enabled, position=1, leave=False, file=sys.stderr,
         )
 
-    def end_epoch(self, row: dict[str, Any]) -> None:
+    def end_eval(self, row: dict[str, Any]) -> None:
         if self.epochs is not None:
-            self.epochs.set_postfix(val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_acc']:.3f}")
-            self.epochs.update(1)
+            self.epochs.set_postfix(epoch=row["epoch"], val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_acc']:.3f}")
+            self.epochs.update(row["step"] - self.epochs.n)
 
     def end_round(self, row: dict[str, Any], total_rounds: int) -> None:
         if self.epochs is not None:
@@ -54,7 +55,7 @@ def summary_line(row: dict[str, Any], total_rounds: int) -> str:
     )
     return (
         f"round {row['round']}/{total_rounds - 1}: {row['remaining_pct']:.1f}% remaining, {pruning}; "
-        f"best epoch {row['best_epoch']} (val loss {row['best_val_loss']:.4f}); "
+        f"best epoch {row['best_epoch']} step {row['best_step']} (val loss {row['best_val_loss']:.4f}); "
         f"test acc best {100 * row['test_acc_best']:.2f}% final {100 * row['test_acc_final']:.2f}%; "
         f"{row['seconds']:.0f} s"
     )

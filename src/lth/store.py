@@ -116,6 +116,11 @@ class RunDir:
         return self.round_dir(round_index) / "mask.safetensors"
 
     @property
+    def rewind_point(self) -> Path:
+        """The late-rewinding weights (`rewind = "epoch:K"`), saved during round 0."""
+        return self.checkpoints / "rewind.safetensors"
+
+    @property
     def resume_state(self) -> Path:
         return self.checkpoints / "resume" / "state.safetensors"
 
@@ -185,8 +190,8 @@ def save_resume_state(path: Path, round_index: int, state: Any) -> None:
     tensors["rng/torch"] = torch.get_rng_state()
     meta = {
         "round": round_index,
-        "epochs_done": state.epochs_done,
-        "best_epoch": state.best_epoch,
+        "steps_done": state.steps_done,
+        "best_step": state.best_step,
         "best_val_loss": state.best_val_loss,
         "best_val_acc": state.best_val_acc,
         "history": state.history,
@@ -205,11 +210,11 @@ def load_resume_state(path: Path) -> tuple[int, Any]:
         opt_state[int(pid)] = {key: tensors[f"opt/{pid}/{key}"] for key in keys}
     torch.set_rng_state(tensors["rng/torch"])
     state = RoundState(
-        epochs_done=meta["epochs_done"],
+        steps_done=meta["steps_done"],
         model={k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
         optimizer={"state": opt_state, "param_groups": meta["optimizer"]["param_groups"]},
         best={k[5:]: v for k, v in tensors.items() if k.startswith("best/")},
-        best_epoch=meta["best_epoch"],
+        best_step=meta["best_step"],
         best_val_loss=meta["best_val_loss"],
         best_val_acc=meta["best_val_acc"],
         history=meta["history"],
