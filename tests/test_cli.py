@@ -96,3 +96,14 @@ def test_show_of_a_missing_run(capsys, tmp_path):
 def test_console_script_and_help():
     done = subprocess.run([sys.executable, "-m", "lth", "run", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--train.epochs" in done.stdout and "DESTRUCTIVE" in done.stdout
+
+
+def test_table_entries_and_new_keys_from_the_command_line(capsys):
+    code, stdout, _ = run_cli(capsys, "config", "--preset", "fc-conv4", "--prune.rates.output", "0", "--train.eval_every", "50", "--rewind", "epoch:1")
+    assert code == 0 and "output = 0.0" in stdout and "conv = 0.1" in stdout and 'eval_every = "50"' in stdout and 'rewind = "epoch:1"' in stdout
+
+
+def test_bad_replicates(capsys, tmp_path):
+    code, _, stderr = run_cli(capsys, "run", "--preset", "quick", "--replicates", "0", "--out", str(tmp_path / "r"))
+    assert code == 2 and "--replicates: must be >= 1" in stderr
+    assert not (tmp_path / "r").exists()

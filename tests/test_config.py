@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from lth import config as cfgmod
@@ -66,3 +68,74 @@ def test_invalid_toml_file(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().seed = 3  # type: ignore[misc]
+
+
+def _remaining_after(config: cfgmod.Config) -> float:
+    """Fraction of all weights left after the preset's rounds, from the F&C per-layer rates."""
+    from lth.experiment import layer_fractions, pruned_tensors
+    from lth.models import build_model
+    from lth.pruning import prune_count
+
+    model = build_model(config.model, 0)
+    names = pruned_tensors(config, model)
+    rates = layer_fractions(config, model, names)
+    params = dict(model.named_parameters())
+    kept = {n: params[n].numel() for n in names}
+    for _ in range(config.prune.rounds):
+        kept = {n: k - prune_count(k, rates[n]) for n, k in kept.items()}
+    return sum(kept.values()) / sum(params[n].numel() for n in names)
+
+
+@pytest.mark.parametrize("name, lr, steps, conv", [("fc-conv2", 2e-4, 20000, 0.1), ("fc-conv4", 3e-4, 25000, 0.1), ("fc-conv6", 3e-4, 30000, 0.15)])
+def test_frankle_carbin_presets(name, lr, steps, conv):
+    c = cfgmod.preset(name)
+    assert (c.model, c.train.lr, c.train.steps, c.train.batch_size, c.train.eval_every) == (name[3:], lr, steps, 60, "100")
+    assert (c.prune.criterion, c.prune.scope, c.rewind) == ("magnitude", "layer", "init")
+    assert c.prune.rates == {"conv": conv, "dense": 0.2, "output": 0.1}
+    assert 0.015 < _remaining_after(c) < 0.025  # "about 2% remaining"
+
+
+def test_seed_control_presets_change_one_thing():
+    seed = cfgmod.preset("seed")
+    assert cfgmod.preset("seed-magnitude") == dataclasses.replace(seed, name="seed-magnitude", prune=dataclasses.replace(seed.prune, criterion="magnitude"))
+    assert cfgmod.preset("seed-random") == dataclasses.replace(seed, name="seed-random", prune=dataclasses.replace(seed.prune, criterion="random"))
+    assert cfgmod.preset("seed-reinit") == dataclasses.replace(seed, name="seed-reinit", rewind="reinit")
+
+
+def test_table_overrides_merge_and_validate():
+    c = cfgmod.apply_overrides(cfgmod.preset("fc-conv4"), {"prune.rates.output": "0", "prune.layer_rates.features.0.weight": "0.05"})
+    assert c.prune.rates == {"conv": 0.1, "dense": 0.2, "output": 0.0}
+    assert c.prune.layer_rates == {"features.0.weight": 0.05}
+    assert cfgmod.is_settable("prune.rates.conv") and cfgmod.is_settable("prune.layer_rates.classifier.0.weight")
+    assert not cfgmod.is_settable("prune.rates")
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"rewind": "epoch:0"}, "unknown rewind point"),
+        ({"rewind": "epoch:x"}, "unknown rewind point"),
+        ({"rewind": "epoch:27"}, "after round 0's last epoch"),
+        ({"train": {"eval_every": "often"}}, "train.eval_every"),
+        ({"train": {"eval_every": 0}}, "train.eval_every"),
+        ({"train": {"steps": 0}}, "train.steps: must be >= 1"),
+        ({"prune": {"scope": "block"}}, "prune.scope"),
+        ({"prune": {"rates": {"conv": 0.1}}}, "need prune.scope"),
+        ({"prune": {"scope": "layer", "rates": {"attention": 0.1}}}, "unknown layer type 'attention'"),
+        ({"prune": {"scope": "layer", "rates": {"conv": 1.0}}}, r"prune.rates.conv: must be in \[0, 1\)"),
+        ({"prune": {"scope": "layer", "layer_rates": {"x": "big"}}}, "prune.layer_rates.x: expected float"),
+        ({"prune": {"match": "runs/a"}}, "only the random criterion"),
+    ],
+)
+def test_baseline_options_validated(data, match):
+    with pytest.raises(ConfigError, match=match):
+        cfgmod.from_dict(data)
+
+
+def test_layer_rates_must_name_a_weight_of_the_model():
+    from lth.experiment import pruned_tensors
+    from lth.models import build_model
+
+    c = cfgmod.from_dict({"prune": {"scope": "layer", "layer_rates": {"features.9.weight": 0.1}}})
+    with pytest.raises(ConfigError, match="'features.9.weight' is not a conv/dense weight of seed-cnn"):
+        pruned_tensors(c, build_model("seed-cnn", 0))
