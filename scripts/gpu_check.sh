@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check (run where CUDA is present, with LTH_DATA_DIR set and lth importable):
-# the test suite with its tiny study on CUDA, the quick preset on CUDA, and round 0 of the seed
-# preset on CUDA. Logs and the runs' tables go to $OUT (default /tmp/lth-gpu).
+# the test suite with its tiny study on CUDA, then each study given as "NAME:LTH RUN ARGS" on
+# CUDA, each cut at RUN_SECONDS (default 240) — a cut run keeps its completed rounds.
+# Logs and each run's tables go to $OUT (default /tmp/lth-gpu).
+#   scripts/gpu_check.sh "quick:--preset quick" "seed-r0:--preset seed --rounds 0"
 set -u
 out=${OUT:-/tmp/lth-gpu}
 work=$(mktemp -d)
@@ -13,12 +15,12 @@ start=$SECONDS
 LTH_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -25
 echo "test suite: $((SECONDS - start)) s"
 
-for spec in "quick:--preset quick" "seed-r0:--preset seed --rounds 0"; do
+for spec in "$@"; do
   name=${spec%%:*}
   echo "== lth run ${spec#*:} --device cuda"
   start=$SECONDS
-  timeout 240 python3 -m lth run ${spec#*:} --device cuda --out "$work/$name" --no-progress
-  echo "$name: $((SECONDS - start)) s wall"
+  timeout "${RUN_SECONDS:-240}" python3 -m lth run ${spec#*:} --device cuda --out "$work/$name" --no-progress
+  echo "$name: $((SECONDS - start)) s wall (exit $?)"
   python3 -m lth show "$work/$name"
   cp "$work/$name/rounds.csv" "$out/$name-rounds.csv" 2>/dev/null
   cp "$work/$name/metrics.jsonl" "$out/$name-metrics.jsonl" 2>/dev/null
