@@ -39,6 +39,7 @@ class Progress:
         self.rounds.update(1)
         if self.summaries:
             tqdm.write(summary_line(row, total_rounds), file=sys.stdout)
+            sys.stdout.flush()  # batch logs see each round as it ends, not at exit
 
     def skip_rounds(self, n: int) -> None:
         self.rounds.update(n)
