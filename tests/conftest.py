@@ -58,3 +58,11 @@ def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     return run_study(tiny_config(), out=out, data_dir=data_root, progress=False)
+
+
+# Wall-clock and energy readings differ from run to run; everything else must not.
+TIMING_KEYS = {"seconds", "energy_kwh", "co2_kg", "energy_seconds", "energy_method"}
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lth.experiment as experiment
-from conftest import tiny_config
+from conftest import strip_timing, tiny_config
 from lth import config as cfgmod
 from lth.experiment import rewind_weights, run_replicates, run_study
 from lth.masks import apply_masks_, count_kept
@@ -21,9 +21,6 @@ from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
 def tiny(**overrides: str) -> cfgmod.Config:
     return cfgmod.apply_overrides(tiny_config(), overrides)
 
-
-def strip_seconds(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 @pytest.fixture
@@ -122,8 +119,8 @@ def test_same_seed_runs_are_bit_identical(tiny_run, data_root, tmp_path):
         for kind in ("mask", "best", "final"):
             a, b = load_tensors(getattr(mine, kind)(r)), load_tensors(getattr(ref, kind)(r))
             assert all(torch.equal(a[k], b[k]) for k in b)
-    assert strip_seconds(read_rounds_csv(mine.rounds)) == strip_seconds(read_rounds_csv(ref.rounds)[:2])
-    assert strip_seconds(read_metrics(mine.metrics)) == strip_seconds([m for m in read_metrics(ref.metrics) if m["round"] < 2])
+    assert strip_timing(read_rounds_csv(mine.rounds)) == strip_timing(read_rounds_csv(ref.rounds)[:2])
+    assert strip_timing(read_metrics(mine.metrics)) == strip_timing([m for m in read_metrics(ref.metrics) if m["round"] < 2])
 
 
 def test_replicates_get_derived_seeds_in_their_own_dirs(data_root, tmp_path):
@@ -164,5 +161,5 @@ def test_iteration_cadence_resume_is_bit_identical(data_root, tmp_path, monkeypa
         for kind in ("mask", "best", "final"):
             a, b = load_tensors(getattr(cut, kind)(r)), load_tensors(getattr(ref, kind)(r))
             assert all(torch.equal(a[k], b[k]) for k in b)
-    assert strip_seconds(read_metrics(cut.metrics)) == strip_seconds(read_metrics(ref.metrics))
-    assert strip_seconds(read_rounds_csv(cut.rounds)) == strip_seconds(read_rounds_csv(ref.rounds))
+    assert strip_timing(read_metrics(cut.metrics)) == strip_timing(read_metrics(ref.metrics))
+    assert strip_timing(read_rounds_csv(cut.rounds)) == strip_timing(read_rounds_csv(ref.rounds))

@@ -14,7 +14,7 @@ import torch
 
 import pytest
 
-from conftest import tiny_cli_args, tiny_config
+from conftest import strip_timing, tiny_cli_args, tiny_config
 from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
 
 
@@ -42,9 +42,6 @@ def kill_when(cmd: list[str], ready, delay: float, timeout: float = 240) -> None
 def epochs_logged(run: RunDir, round_index: int) -> int:
     return sum(1 for m in read_metrics(run.metrics) if m["round"] == round_index)
 
-
-def strip_seconds(rows):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 def test_sigkill_mid_epoch_and_mid_round_then_resume_is_bit_identical(tiny_run, data_root, tmp_path):
@@ -81,7 +78,7 @@ def test_sigkill_mid_epoch_and_mid_round_then_resume_is_bit_identical(tiny_run, 
         for path in ("mask", "best", "final"):
             a, b = load_tensors(getattr(run, path)(r)), load_tensors(getattr(ref, path)(r))
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (r, path)
-    assert strip_seconds(read_rounds_csv(run.rounds)) == strip_seconds(read_rounds_csv(ref.rounds))
-    assert strip_seconds(read_metrics(run.metrics)) == strip_seconds(read_metrics(ref.metrics))
+    assert strip_timing(read_rounds_csv(run.rounds)) == strip_timing(read_rounds_csv(ref.rounds))
+    assert strip_timing(read_metrics(run.metrics)) == strip_timing(read_metrics(ref.metrics))
     assert not run.resume_state.exists()
     assert json.loads(run.manifest.read_text())["seeds"] == json.loads(ref.manifest.read_text())["seeds"]

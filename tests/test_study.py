@@ -128,3 +128,13 @@ def test_best_weights_reproduce_recorded_validation_loss(run, data_root):
     assert math.isclose(loss, float(rows[1]["best_val_loss"]), rel_tol=tolerance)
     apply_masks_(model, load_tensors(run.mask(1)))  # already masked: no change
     assert math.isclose(evaluate(model, splits.val_x, splits.val_y, 500)[0], loss, rel_tol=1e-9)
+
+
+def test_energy_recorded_per_round_with_its_method(run):
+    for row in read_rounds_csv(run.rounds):
+        method = row["energy_method"]
+        assert method.startswith("codecarbon:") or method.startswith("not measurable")
+        if row["energy_kwh"]:
+            assert float(row["energy_kwh"]) > 0 and float(row["co2_kg"]) > 0
+            assert "measured" in method or "estimated" in method
+        assert float(row["energy_seconds"]) > 0

@@ -2,12 +2,32 @@
 
 Notebook entry points: `lth.run_study(config)` and `lth.resume_study(run_dir)` return a
 `StudyResult` with the run directory and the per-round results; `lth.preset("quick")` gives a
-ready config.
+ready config. Names are resolved lazily so that `import lth.report` (which reads run
+directories only) does not pull in torch and the training code.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from lth.config import Config, ConfigError, preset  # noqa: E402
-from lth.experiment import RunDirError, StudyResult, resume_study, run_study  # noqa: E402
+_EXPORTS = {
+    "Config": "lth.config",
+    "ConfigError": "lth.config",
+    "preset": "lth.config",
+    "RunDirError": "lth.experiment",
+    "StudyResult": "lth.experiment",
+    "run_study": "lth.experiment",
+    "resume_study": "lth.experiment",
+    "run_replicates": "lth.experiment",
+}
 
-__all__ = ["Config", "ConfigError", "RunDirError", "StudyResult", "preset", "resume_study", "run_study", "__version__"]
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lth' has no attribute {name!r}")

@@ -7,6 +7,7 @@ Exit status: 0 done, 2 bad input (config, paths, data), 130 interrupted (resume 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
 from pathlib import Path
@@ -48,6 +49,8 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> cfgmod.Config:
     for key, value in (("prune.rounds", args.rounds), ("seed", args.seed), ("device", args.device)):
         if value is not None:
             overrides[key] = str(value)
+    if getattr(args, "no_energy", False):
+        overrides["energy.tracker"] = "off"
     return cfgmod.apply_overrides(base, overrides)
 
 
@@ -76,9 +79,62 @@ def _cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.show import rounds_table
+    from lth.show import rounds_table, side_by_side
 
-    print(rounds_table(Path(args.run_dir)))
+    paths = [Path(p) for p in args.run_dirs]
+    if len(paths) == 1 and (paths[0] / "rounds.csv").exists():
+        print(rounds_table(paths[0]))
+    else:
+        print(side_by_side(paths))
+    return 0
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _compare_spec(args: argparse.Namespace, extra: list[str]):
+    from lth import compare
+
+    overrides = _parse_overrides(extra)
+    if args.spec:
+        spec = compare.load_spec(args.spec)
+    elif args.study:
+        if args.study not in compare.COMPARISON_PRESETS:
+            raise ConfigError(f"unknown comparison preset {args.study!r}; choose one of: {', '.join(compare.COMPARISON_PRESETS)}")
+        spec = compare.COMPARISON_PRESETS[args.study]
+    else:
+        seeds = tuple(int(s) for s in _split(args.seeds)) if args.seeds else tuple(range(args.seed or 0, (args.seed or 0) + args.replicates))
+        spec = compare.CompareSpec(
+            name=args.name or f"{args.preset}-comparison",
+            base=args.preset,
+            variants=compare.grid(_split(args.criteria) or ["high-movement"], _split(args.rewinds) or ["init"], _split(args.models)),
+            seeds=seeds,
+        )
+    if args.preset_given and (args.spec or args.study):
+        spec = dataclasses.replace(spec, base=args.preset)
+    if overrides:
+        spec = dataclasses.replace(spec, overrides=tuple({**dict(spec.overrides), **overrides}.items()))
+    if args.rounds is not None:
+        spec = dataclasses.replace(spec, overrides=tuple({**dict(spec.overrides), "prune.rounds": str(args.rounds)}.items()))
+    return spec
+
+
+def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.compare import run_comparison
+
+    spec = _compare_spec(args, extra)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    result = run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report)
+    print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.report import write_report
+
+    report_dir = write_report([Path(p) for p in args.paths], out=Path(args.out) if args.out else None)
+    print(f"report: {report_dir / 'report.md'}")
     return 0
 
 
@@ -93,6 +149,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="pruning rounds after round 0 (prune.rounds); 0 trains the dense network only")
     p.add_argument("--seed", type=int, help="the one seed θ0 and the data order derive from")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 (energy.tracker = off)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -118,9 +175,36 @@ def make_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-progress", action="store_true")
     resume.set_defaults(func=_cmd_resume)
 
-    show = sub.add_parser("show", help="print a run's rounds table")
-    show.add_argument("run_dir", metavar="DIR")
+    show = sub.add_parser("show", help="print a run's rounds table, or several runs side by side")
+    show.add_argument("run_dirs", metavar="DIR", nargs="+", help="run directories, or a study directory")
     show.set_defaults(func=_cmd_show)
+
+    cmp_ = sub.add_parser(
+        "compare", help="run a comparison study (criteria × rewind points × seeds) and its report",
+        epilog=f"Config overrides apply to every cell: {keys}",
+    )
+    what = cmp_.add_mutually_exclusive_group()
+    what.add_argument("--spec", metavar="FILE", help="study TOML (name, base, seeds, variants or criteria/rewinds/models, overrides)")
+    what.add_argument("--study", metavar="NAME", help="a comparison preset: seed-comparison")
+    cmp_.add_argument("--preset", default="seed", help="base config of every cell (default: seed)")
+    cmp_.add_argument("--criteria", help="comma-separated criteria (default: high-movement)")
+    cmp_.add_argument("--rewinds", help="comma-separated rewind points (default: init)")
+    cmp_.add_argument("--models", help="comma-separated models (default: the preset's)")
+    cmp_.add_argument("--seeds", help="comma-separated seeds (default: --seed .. --seed + --replicates - 1)")
+    cmp_.add_argument("--seed", type=int, default=0)
+    cmp_.add_argument("--replicates", type=int, default=1, metavar="K")
+    cmp_.add_argument("--rounds", type=int, help="prune.rounds for every cell")
+    cmp_.add_argument("--name", help="study name (default: <preset>-comparison)")
+    cmp_.add_argument("--out", metavar="DIR", help="study directory (default: runs/<name>)")
+    cmp_.add_argument("--data-dir", metavar="DIR")
+    cmp_.add_argument("--no-report", action="store_true", help="run the cells only")
+    cmp_.add_argument("--no-progress", action="store_true")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    report = sub.add_parser("report", help="figures and tables from run or study directories")
+    report.add_argument("paths", metavar="DIR", nargs="+")
+    report.add_argument("--out", metavar="DIR", help="report directory (default: DIR/report, or the common parent's)")
+    report.set_defaults(func=_cmd_report)
 
     conf = sub.add_parser("config", help="print the resolved config as TOML", epilog=f"Keys: {keys}")
     _add_config_args(conf)
@@ -131,12 +215,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from lth.data import DataError
     from lth.experiment import RunDirError
+    from lth.report import ReportError
 
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
+    args.preset_given = "--preset" in (argv if argv is not None else sys.argv[1:])
     try:
         return args.func(args, extra)
-    except (ConfigError, RunDirError, DataError) as exc:
+    except (ConfigError, RunDirError, DataError, ReportError) as exc:
         print(f"lth: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -76,6 +76,15 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class EnergyConfig:
+    """Per-round energy and CO2 (codecarbon's offline tracker by default). Recording settings
+    only: they do not change what a study computes, so they are outside its hash."""
+
+    tracker: str = "codecarbon"
+    country: str = "CAN"  # ISO 3166-1 alpha-3: the grid whose carbon intensity converts kWh to CO2
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole study. `seed` alone determines θ0 and every epoch's data order.
 
@@ -92,6 +101,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
 PRESETS: dict[str, Config] = {
@@ -160,9 +170,14 @@ def to_toml(config: Config) -> str:
     return tomli_w.dumps(to_dict(config))
 
 
+def computed(config: Config) -> dict[str, Any]:
+    """The part of a config that decides a study's results: all but device and energy."""
+    return to_dict(replace(config, device="auto", energy=EnergyConfig()))
+
+
 def config_hash(config: Config) -> str:
-    """Short stable hash of what the study computes (device excluded: it does not change it)."""
-    payload = to_dict(replace(config, device="auto"))
+    """Short stable hash of what the study computes (device and energy excluded)."""
+    payload = computed(config)
     return hashlib.sha256(tomli_w.dumps(payload).encode()).hexdigest()[:8]
 
 
@@ -351,6 +366,11 @@ def validate(config: Config) -> None:
     need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
     need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
     need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
+    from lth.energy import TRACKERS
+
+    e = config.energy
+    need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
+    need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
     for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):
         need(size is None or 1 <= size <= limit, f"data.{key}: must be between 1 and {limit} (or omitted for all), got {size}")
     need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")

@@ -28,6 +28,7 @@ from lth import __version__
 from lth import config as cfgmod
 from lth.config import Config
 from lth.data import load_splits
+from lth.energy import EnergyMeter, make_meter
 from lth.masks import Masks, apply_masks_, count_kept, count_total, density, full_masks
 from lth.models import build_model, layer_types, prunable_names
 from lth.progress import Progress
@@ -116,7 +117,7 @@ def _prepare(run: RunDir, config: Config, resume: bool, force: bool) -> None:
     if not is_run_dir(root):
         raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); choose another --out")
     stored = cfgmod.load(run.config)
-    if cfgmod.to_dict(stored) | {"device": ""} != cfgmod.to_dict(config) | {"device": ""}:
+    if cfgmod.computed(stored) != cfgmod.computed(config):
         raise RunDirError(f"{root} holds a run with a different config; resume it as it is with `lth resume {root}` or choose another --out")
 
 
@@ -313,7 +314,8 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
 
     rows = [{k: _parse(v) for k, v in r.items()} for r in read_rounds_csv(run.rounds)]
     total_rounds = config.prune.rounds + 1
-    study = _Study(run, config, model, init, names, splits, seeds, matched)
+    meter = make_meter(config.energy.tracker, config.energy.country)
+    study = _Study(run, config, model, init, names, splits, seeds, matched, meter)
     bars = Progress(total_rounds, enabled=progress)
     bars.skip_rounds(len(rows))
     try:
@@ -339,6 +341,7 @@ class _Study:
     splits: Any
     seeds: dict[str, int]
     matched: list[dict[str, int]] | None
+    meter: EnergyMeter
 
     def masks_for_round(self, r: int) -> tuple[Masks, int, bool]:
         """Round r's mask (stored if an earlier attempt got that far), pruned count, skipped."""
@@ -411,11 +414,17 @@ class _Study:
                 if step == at:
                     save_tensors(run.rewind_point, cpu_state(m))
 
+        self.meter.start()
         outcome = train_round(
             model, masks, self.splits, config.train, self.seeds["data_seed"], r,
             resume=resume_state, on_eval=on_eval, snapshots=snapshots,
         )
+        energy = self.meter.stop()  # never raises; covers only this process's part of the round
         save_tensors(run.best(r), outcome.best)
         save_tensors(run.final(r), outcome.final)
         seconds = elapsed_before + time.perf_counter() - started
-        return _round_row(r, config, outcome, masks, pruned, skipped, seconds)
+        row = _round_row(r, config, outcome, masks, pruned, skipped, seconds)
+        row.update(energy.as_row())
+        if resume_state is not None and energy.kwh is not None:
+            row["energy_method"] += "; resumed round: the interrupted part is not counted"
+        return row

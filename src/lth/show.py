@@ -42,3 +42,43 @@ def rounds_table(run_dir: Path) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in body]
     return "\n".join(lines)
+
+
+def _find_runs(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if (path / "config.toml").exists():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p.parent for p in path.glob("**/config.toml") if "report" not in p.parts)
+        else:
+            from lth.experiment import RunDirError
+
+            raise RunDirError(f"{path} does not exist; pass run or study directories")
+    return found
+
+
+def side_by_side(paths: list[Path]) -> str:
+    """A compact table: one row per round, two columns (remaining %, test acc at early
+    stopping) per run, headed by the run's path relative to the common parent."""
+    import os
+
+    runs = _find_runs(paths)
+    if not runs:
+        from lth.experiment import RunDirError
+
+        raise RunDirError(f"no run directories under {', '.join(map(str, paths))}")
+    base = Path(os.path.commonpath([str(r) for r in runs])) if len(runs) > 1 else runs[0].parent
+    tables = {str(r.relative_to(base)) or r.name: read_rounds_csv(RunDir(r).rounds) for r in runs}
+    n_rounds = max((len(t) for t in tables.values()), default=0)
+    header = ["round"] + [f"{name} rem%/acc" for name in tables]
+    body = []
+    for i in range(n_rounds):
+        line = [str(i)]
+        for rows in tables.values():
+            line.append(f"{float(rows[i]['remaining_pct']):.1f} / {float(rows[i]['test_acc_best']):.4f}" if i < len(rows) else "-")
+        body.append(line)
+    widths = [max(len(h), *(len(r[j]) for r in body)) if body else len(h) for j, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines)

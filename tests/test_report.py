@@ -1,0 +1,310 @@
+"""lth.report on hand-made run directories (the DESIGN §5 contract written by hand, no training):
+2 groups × 2 seeds × 3 rounds, plus broken runs that must be skipped and listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import save_file
+
+from lth import report
+from lth.report import ReportError
+
+SHAPES = {"features.0.weight": (4, 3, 3, 3), "classifier.0.weight": (16, 8)}
+BIASES = {"features.0.bias": (4,), "classifier.0.bias": (16,)}
+ROUNDS = 3  # 0, 1, 2
+EPOCHS = 4
+STEPS_PER_EPOCH = 15
+
+
+def _config_toml(criterion: str, seed: int, *, model: str = "seed-cnn", scope: str = "global", fraction: float = 0.1) -> str:
+    return f'''name = "hand-{criterion}"
+model = "{model}"
+seed = {seed}
+rewind = "init"
+device = "cpu"
+
+[data]
+train_size = 300
+val_size = 100
+test_size = 200
+
+[train]
+initial_epochs = {EPOCHS}
+epochs = {EPOCHS}
+eval_every = "epoch"
+batch_size = 20
+lr = 0.001
+
+[prune]
+criterion = "{criterion}"
+fraction = {fraction}
+rounds = {ROUNDS - 1}
+scope = "{scope}"
+'''
+
+
+def make_run(run_dir: Path, criterion: str, seed: int, *, rounds: int = ROUNDS, **config) -> Path:
+    """A complete run directory with deterministic but seed/criterion-dependent numbers."""
+    rng = np.random.default_rng([seed, len(criterion), sum(map(ord, criterion))])
+    ckpt = run_dir / "checkpoints"
+    (ckpt).mkdir(parents=True)
+    (run_dir / "config.toml").write_text(_config_toml(criterion, seed, **config))
+    total = sum(math.prod(s) for s in SHAPES.values())
+    masks = {n: np.ones(s, dtype=bool) for n, s in SHAPES.items()}
+    init = {n: rng.normal(size=s).astype(np.float32) for n, s in {**SHAPES, **BIASES}.items()}
+    save_file(init, str(ckpt / "init.safetensors"))
+    rows, metrics = [], []
+    for r in range(rounds):
+        pruned = 0
+        if r >= 1:  # prune 20% of each tensor's active weights at random positions
+            for n, m in masks.items():
+                active = np.flatnonzero(m)
+                drop = rng.choice(active, size=round(0.2 * active.size), replace=False)
+                m.reshape(-1)[drop] = False
+                pruned += drop.size
+        remaining = sum(int(m.sum()) for m in masks.values())
+        best = {n: rng.normal(size=s).astype(np.float32) for n, s in {**SHAPES, **BIASES}.items()}
+        final = {n: (v + rng.normal(scale=0.1, size=v.shape)).astype(np.float32) for n, v in best.items()}
+        for n, m in masks.items():
+            best[n] *= m
+            final[n] *= m
+        rdir = ckpt / f"round_{r:02d}"
+        rdir.mkdir()
+        save_file(best, str(rdir / "best.safetensors"))
+        save_file(final, str(rdir / "final.safetensors"))
+        save_file({n: m.copy() for n, m in masks.items()}, str(rdir / "mask.safetensors"))
+        val = [2.0 - 0.1 * e + 0.05 * max(0, e - 2) ** 2 + 0.01 * r for e in range(1, EPOCHS + 1)]
+        best_epoch = int(np.argmin(val)) + 1
+        for e, v in enumerate(val, start=1):
+            metrics.append({"round": r, "epoch": e, "step": e * STEPS_PER_EPOCH, "train_loss": v, "train_acc": 0.3,
+                            "val_loss": v, "val_acc": 0.3, "seconds": 1.0})
+        row = {
+            "round": r, "criterion": "none" if r == 0 else criterion, "rewind": "none" if r == 0 else "init",
+            "pruning_skipped": False, "pruned": pruned, "weights_remaining": remaining, "weights_prunable": total,
+            "remaining_pct": 100 * remaining / total, "best_epoch": best_epoch, "best_step": best_epoch * STEPS_PER_EPOCH,
+            "best_val_loss": min(val), "best_val_acc": 0.3, "final_val_loss": val[-1], "final_val_acc": 0.28,
+            "test_acc_best": round(float(rng.uniform(0.4, 0.6)), 4), "test_acc_final": round(float(rng.uniform(0.3, 0.5)), 4),
+            "test_loss_best": 1.5, "test_loss_final": 1.7, "seconds": 2.0,
+        }
+        row |= {f"density/{n}": float(m.mean()) for n, m in masks.items()}
+        rows.append(row)
+    with open(run_dir / "rounds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run_dir / "manifest.json").write_text(json.dumps({"seeds": {"seed": seed}, "prunable": list(SHAPES)}))
+    return run_dir
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run_dir / "rounds.csv").read_text().splitlines()))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    for criterion in ("magnitude", "high-movement"):
+        for seed in (0, 1):
+            make_run(root / criterion / f"seed-{seed}", criterion, seed)
+    # Broken runs: no rounds.csv; header only; a torn last line.
+    broken = make_run(root / "broken" / "no-rounds", "random", 0)
+    (broken / "rounds.csv").unlink()
+    header_only = make_run(root / "broken" / "header-only", "random", 1)
+    lines = (header_only / "rounds.csv").read_text().splitlines()
+    (header_only / "rounds.csv").write_text(lines[0] + "\n")
+    torn = make_run(root / "broken" / "torn", "random", 2)
+    text = (torn / "rounds.csv").read_text()
+    (torn / "rounds.csv").write_text(text[: len(text) - 40])
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(study) -> Path:
+    return report.write_report([study])
+
+
+def test_report_files_exist_and_are_nonempty(built, study):
+    assert built == study / "report"
+    for name in ("accuracy_vs_remaining.png", "early_stop_vs_remaining.png", "val_loss_curves.png", "layer_density.png",
+                 "mask_agreement.png", "scores_round_02.png"):
+        data = (built / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000, name
+    for name in ("report.md", "summary.csv", "comparison.csv", "mask_agreement.csv"):
+        assert (built / name).stat().st_size > 0, name
+    md = (built / "report.md").read_text()
+    for name in ("accuracy_vs_remaining.png", "scores_round_02.png", "mask_agreement.png"):
+        assert f"]({name})" in md
+    assert "paired over seeds: mean difference of test accuracy (early stopping) with a 95% Student-t CI, and an exact two-sided sign test" in md
+    assert "Read 4 runs in 2 groups" in md
+    assert "not recorded" in md  # no energy columns
+
+
+def test_broken_runs_are_skipped_and_reported(built, study):
+    md = (built / "report.md").read_text()
+    assert "Skipped 3" in md
+    assert f"{study / 'broken' / 'no-rounds'}: no rounds.csv" in md
+    assert "header-only" in md and "zero rounds" in md
+    assert "torn" in md and "truncated" in md
+    summary = pd.read_csv(built / "summary.csv")
+    assert set(summary["group"]) == {"high-movement / init", "magnitude / init"}
+
+
+def test_summary_numbers_equal_the_inputs(built, study):
+    summary = pd.read_csv(built / "summary.csv")
+    assert len(summary) == 2 * ROUNDS
+    for criterion in ("high-movement", "magnitude"):
+        tables = [_rows(study / criterion / f"seed-{s}") for s in (0, 1)]
+        for r in range(ROUNDS):
+            row = summary[(summary["group"] == f"{criterion} / init") & (summary["round"] == r)].iloc[0]
+            assert row["n_seeds"] == 2
+            for col in ("test_acc_best", "test_acc_final"):
+                values = [float(t[r][col]) for t in tables]
+                assert row[f"{col}_mean"] == pytest.approx(statistics.mean(values))
+                assert row[f"{col}_std"] == pytest.approx(statistics.stdev(values))
+                assert row[f"{col}_min"] == pytest.approx(min(values))
+                assert row[f"{col}_max"] == pytest.approx(max(values))
+            assert row["remaining_pct"] == pytest.approx(statistics.mean(float(t[r]["remaining_pct"]) for t in tables))
+            assert row["best_step_mean"] == pytest.approx(statistics.mean(float(t[r]["best_step"]) for t in tables))
+            assert row["best_val_loss_mean"] == pytest.approx(statistics.mean(float(t[r]["best_val_loss"]) for t in tables))
+
+
+def test_comparison_pairs_by_seed(built, study):
+    comp = pd.read_csv(built / "comparison.csv")
+    assert set(comp["baseline"]) == {"high-movement / init"}  # the seed's criterion is the default baseline
+    assert set(comp["group"]) == {"magnitude / init"} and list(comp["round"]) == [0, 1, 2]
+    for _, row in comp.iterrows():
+        a = [float(_rows(study / "magnitude" / f"seed-{s}")[row["round"]]["test_acc_best"]) for s in (0, 1)]
+        b = [float(_rows(study / "high-movement" / f"seed-{s}")[row["round"]]["test_acc_best"]) for s in (0, 1)]
+        expected = report.paired_comparison(a, b)
+        assert row["n"] == 2
+        assert row["mean_diff"] == pytest.approx(expected["mean_diff"])
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(expected["ci"])
+
+
+def test_mask_agreement_csv_matches_masks(built, study):
+    agree = pd.read_csv(built / "mask_agreement.csv")
+    row = agree[(agree["seed"] == 1) & (agree["round"] == 2) & (agree["layer"] == "all")].iloc[0]
+    from safetensors.numpy import load_file
+
+    ma = load_file(str(study / row["group_a"].split(" /")[0] / "seed-1/checkpoints/round_02/mask.safetensors"))
+    mb = load_file(str(study / row["group_b"].split(" /")[0] / "seed-1/checkpoints/round_02/mask.safetensors"))
+    assert row["jaccard"] == pytest.approx(report.mask_jaccard(ma, mb)["all"])
+    assert 0 < row["jaccard"] < 1 and 0 < row["chance"] < 1
+
+
+def test_mask_jaccard():
+    a = {"x": np.array([1, 1, 0, 0], bool), "y": np.array([[1, 1]], bool), "z": np.zeros(3, bool)}
+    b = {"x": np.array([1, 0, 1, 0], bool), "y": np.array([[1, 1]], bool), "z": np.zeros(3, bool)}
+    assert report.mask_jaccard(a, a) == {"x": 1.0, "y": 1.0, "z": 1.0, "all": 1.0}
+    j = report.mask_jaccard(a, b)
+    assert j["x"] == pytest.approx(1 / 3) and j["y"] == 1.0 and j["z"] == 1.0  # empty union → 1
+    assert j["all"] == pytest.approx((1 + 2) / (3 + 2))
+    with pytest.raises(ValueError):
+        report.mask_jaccard(a, {"x": np.ones(5, bool)})
+
+
+def test_paired_comparison_known_values():
+    res = report.paired_comparison([1, 2, 3, 4], [0, 1, 1, 2])  # differences 1, 1, 2, 2
+    assert res["n"] == 4 and res["mean_diff"] == pytest.approx(1.5)
+    half = 3.182446 * math.sqrt(1 / 3) / 2  # t_{0.975,3} · s / √n, s = √(1/3)
+    assert res["ci"] == pytest.approx((1.5 - half, 1.5 + half), abs=1e-5)
+    assert res["sign_p"] == pytest.approx(0.125)  # 4 of 4 positive: 2 · (1/2)^4
+    assert report.paired_comparison([1.0], [0.5])["ci"] is None
+    assert report.paired_comparison([1, 0, -1, 1], [0, 0, 0, 0])["sign_p"] == pytest.approx(1.0)  # tie dropped: 2+ 1−
+    assert report.paired_comparison([1] * 10, [0] * 10)["sign_p"] == pytest.approx(2 / 1024)
+
+
+@pytest.mark.parametrize("df, t", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (10, 2.2281), (30, 2.0423), (100, 1.9840), (10_000, 1.9602)])
+def test_t_quantile_matches_tables(df, t):
+    assert report.t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+
+
+def test_group_label_and_grouping(tmp_path):
+    assert report.group_label({"prune": {"criterion": "high-movement"}, "rewind": "init", "seed": 3}) == "high-movement / init"
+    cfg = {"model": "conv4", "rewind": "init", "prune": {"criterion": "magnitude", "scope": "layer"}}
+    assert report.group_label(cfg, with_model=True) == "magnitude(layer) / init · conv4"
+    assert report.group_label({"prune": {"criterion": "random", "match": "s/high-movement_init/seed-0"}}) == "random(matched) / init"
+
+    runs = [report.load_run(make_run(tmp_path / f"a{s}", "magnitude", s)) for s in (0, 1)]
+    runs.append(report.load_run(make_run(tmp_path / "b0", "magnitude", 0, model="conv4")))
+    runs.append(report.load_run(make_run(tmp_path / "c0", "magnitude", 0, fraction=0.2)))
+    groups = report.group_runs(runs)
+    assert set(groups) == {"magnitude / init · seed-cnn · fraction=0.1", "magnitude / init · conv4",
+                           "magnitude / init · seed-cnn · fraction=0.2"}
+    assert [r.seed for r in groups["magnitude / init · seed-cnn · fraction=0.1"]] == [0, 1]
+    assert not any("seed 0" in label or "seed=" in label for label in groups)
+    # The same model everywhere: not named.
+    assert list(report.group_runs(runs[:2])) == ["magnitude / init"]
+    # Matched random tickets copy their own seed's run (`<study>/<variant>/seed-<s>`): still one group.
+    matched = []
+    for s in (0, 1):
+        run_dir = make_run(tmp_path / "random" / f"seed-{s}", "random", s)
+        with open(run_dir / "config.toml", "a") as f:
+            f.write(f'match = "{tmp_path}/high-movement_init/seed-{s}"\n')
+        matched.append(report.load_run(run_dir))
+    assert {k: [r.seed for r in v] for k, v in report.group_runs(matched).items()} == {"random(matched) / init": [0, 1]}
+
+
+def test_load_run_errors_name_the_path(tmp_path):
+    with pytest.raises(ReportError, match=r"no config\.toml"):
+        report.load_run(tmp_path)
+    run = make_run(tmp_path / "r", "magnitude", 0)
+    (run / "rounds.csv").write_text("round,remaining_pct,test_acc_best,test_acc_final\n0,100,abc,0.5\n")
+    with pytest.raises(ReportError, match=r"rounds\.csv.*non-numeric") as e:
+        report.load_run(run)
+    assert str(run) in str(e.value) and "\n" not in str(e.value)
+    runs, skipped = report.find_runs([tmp_path / "missing", run])
+    assert runs == [] and len(skipped) == 2 and "does not exist" in skipped[0]
+    with pytest.raises(ReportError, match="no readable lth runs"):
+        report.write_report([run])
+
+
+def test_remaining_axis_ticks_are_plain_and_reversed():
+    plt = report._plt()
+    fig, ax = plt.subplots()
+    report._remaining_axis(ax, [100, 50, 20, 8, 2.1])
+    left, right = ax.get_xlim()
+    assert left > right  # 100 on the left, as in Frankle & Carbin
+    assert list(ax.get_xticks()) == [100, 50, 20, 10, 5, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "50", "20", "10", "5", "2"]
+    plt.close(fig)
+
+
+def test_import_does_not_load_torch_or_training_code():
+    code = ("import lth.report, sys; bad = [m for m in ('torch', 'lth.train', 'lth.experiment', 'lth.models', 'lth.data') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_energy_columns_are_summed_per_group(tmp_path):
+    run_dir = make_run(tmp_path / "e", "high-movement", 0)
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    rounds["energy_kwh"] = [0.5, 0.25, 0.25]
+    rounds["co2_kg"] = [0.1, 0.05, 0.05]
+    rounds["energy_method"] = "codecarbon"
+    rounds.to_csv(run_dir / "rounds.csv", index=False)
+    out = report.write_report([run_dir])
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["energy_kwh_mean"]) == [0.5, 0.25, 0.25]
+    md = (out / "report.md").read_text()
+    assert "| high-movement / init | 1 | 1.0000 | 0.2000 | codecarbon |" in md
+    assert "## Mask agreement" in md
+    # Not measurable on this machine: the method is reported instead of numbers.
+    rounds["energy_kwh"] = ""
+    rounds["co2_kg"] = ""
+    rounds["energy_method"] = "not measurable: no power counters"
+    rounds.to_csv(run_dir / "rounds.csv", index=False)
+    md = (report.write_report([run_dir]) / "report.md").read_text()
+    assert "| high-movement / init | 1 | – | – | not measurable: no power counters |" in md
+    assert "Not drawn: one group only" in md
