@@ -107,3 +107,12 @@ def test_bad_replicates(capsys, tmp_path):
     code, _, stderr = run_cli(capsys, "run", "--preset", "quick", "--replicates", "0", "--out", str(tmp_path / "r"))
     assert code == 2 and "--replicates: must be >= 1" in stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_fails_cleanly_and_leaves_no_run_dir(capsys, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(capsys, "run", "--preset", "quick", "--data-dir", str(empty), "--out", str(out), "--no-energy")
+    assert code == 2 and stderr.startswith("lth: error:") and stderr.count("\n") == 1
+    assert not out.exists()

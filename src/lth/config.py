@@ -21,7 +21,6 @@ import tomli_w
 REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
 LAYER_TYPES = ("conv", "dense", "output")
-SCOPES = ("global", "layer")
 
 
 class ConfigError(ValueError):
@@ -330,7 +329,7 @@ def is_settable(key: str) -> bool:
 def validate(config: Config) -> None:
     """Reject values that would run but mean nothing; registries are checked lazily."""
     from lth.models import MODELS
-    from lth.pruning import CRITERIA
+    from lth.pruning import CRITERIA, SCOPES
 
     def need(ok: bool, message: str) -> None:
         if not ok:

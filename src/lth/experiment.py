@@ -90,14 +90,26 @@ def is_run_dir(path: Path) -> bool:
 
 @contextmanager
 def _locked(run: RunDir) -> Iterator[None]:
-    """One writer per run directory: a second `lth run` on it fails instead of interleaving."""
+    """One writer per run directory: a second `lth run` on it fails instead of interleaving.
+
+    A directory this call created is removed again if the run stops before writing its config
+    (bad data, a bad rewind point), so refused input leaves nothing behind.
+    """
+    created = not run.root.exists()
     run.root.mkdir(parents=True, exist_ok=True)
-    with open(run.root / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{run.root} is in use by another lth process; wait for it or choose another --out") from None
-        yield
+    lock_path = run.root / ".lock"
+    try:
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(f"{run.root} is in use by another lth process; wait for it or choose another --out") from None
+            yield
+    finally:
+        if created and not run.config.exists():
+            lock_path.unlink(missing_ok=True)
+            if not any(run.root.iterdir()):
+                run.root.rmdir()
 
 
 def _prepare(run: RunDir, config: Config, resume: bool, force: bool) -> None:
