@@ -90,7 +90,7 @@ def test_completed_run_resumes_as_a_no_op_and_show_prints_the_table(capsys, tiny
 
 def test_show_of_a_missing_run(capsys, tmp_path):
     code, _, stderr = run_cli(capsys, "show", str(tmp_path))
-    assert code == 2 and "no rounds.csv" in stderr
+    assert code == 2 and "no run directories under" in stderr
 
 
 def test_console_script_and_help():
