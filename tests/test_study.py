@@ -138,3 +138,20 @@ def test_energy_recorded_per_round_with_its_method(run):
             assert float(row["energy_kwh"]) > 0 and float(row["co2_kg"]) > 0
             assert "measured" in method or "estimated" in method
         assert float(row["energy_seconds"]) > 0
+
+
+def test_report_from_the_real_tiny_run(run, tmp_path):
+    import pandas as pd
+
+    from lth.report import write_report
+
+    report = write_report([run.root], out=tmp_path / "report")
+    for name in ("accuracy_vs_remaining.png", "early_stop_vs_remaining.png", "val_loss_curves.png", "layer_density.png", "report.md", "summary.csv"):
+        assert (report / name).stat().st_size > 0, name
+    assert list(report.glob("scores_round_*.png"))
+    summary = pd.read_csv(report / "summary.csv")
+    rows = read_rounds_csv(run.rounds)
+    assert list(summary["round"]) == [int(r["round"]) for r in rows]
+    for (_, s), r in zip(summary.iterrows(), rows):
+        assert math.isclose(s["test_acc_best_mean"], float(r["test_acc_best"]))
+        assert math.isclose(s["remaining_pct"], float(r["remaining_pct"]))
