@@ -824,7 +824,8 @@ def plot_scores(hists: Mapping[str, pd.DataFrame], rnd: int, path: Path) -> None
                 ax.yaxis.set_minor_formatter(NullFormatter())
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("number of weights")
-                ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+                # Plain tick labels: a "1e-2" offset text would collide with the axis label.
+                ax.ticklabel_format(axis="x", style="plain", useOffset=False)
             row[0].set_title(_wrap(label, 40), loc="left")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.45) for c in colors.values()]
         fig.legend(handles, [f"kept at round {rnd}", f"pruned at round {rnd}"], loc="outside lower center", ncol=2, frameon=False)
