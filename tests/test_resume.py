@@ -82,3 +82,23 @@ def test_sigkill_mid_epoch_and_mid_round_then_resume_is_bit_identical(tiny_run, 
     assert strip_timing(read_metrics(run.metrics)) == strip_timing(read_metrics(ref.metrics))
     assert not run.resume_state.exists()
     assert json.loads(run.manifest.read_text())["seeds"] == json.loads(ref.manifest.read_text())["seeds"]
+
+
+def test_foreign_resume_state_is_refused_in_one_line(tiny_run, data_root, tmp_path, capsys):
+    import shutil
+
+    from lth.cli import main
+    from lth.store import RESUME_FORMAT, save_tensors, write_rounds_csv
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run.run_dir, out)
+    run = RunDir(out)
+    rows = read_rounds_csv(run.rounds)
+    write_rounds_csv(run.rounds, rows[:2])  # round 2 not committed: resume will look at its state
+    save_tensors(run.resume_state, {"x": torch.zeros(1)}, metadata={"lth_resume": json.dumps({"format": RESUME_FORMAT - 1, "round": 2})})
+    code = main(["resume", str(out), "--data-dir", str(data_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "another lth version" in err and err.count("\n") == 1
+    run.resume_state.write_bytes(b"garbage")
+    assert main(["resume", str(out), "--data-dir", str(data_root)]) == 2
+    assert "not a readable lth resume state" in capsys.readouterr().err

@@ -33,8 +33,9 @@ from lth.masks import Masks, apply_masks_, count_kept, count_total, density, ful
 from lth.models import build_model, layer_types, prunable_names
 from lth.progress import Progress
 from lth.pruning import get_criterion
-from lth.store import (
+from lth.store import (  # noqa: F401 - RunDirError is re-exported as part of the API
     RunDir,
+    RunDirError,
     append_metrics,
     atomic_write_text,
     load_resume_state,
@@ -53,8 +54,6 @@ from lth.train import RoundOutcome, RoundState, cpu_state, derive_seed, round_le
 RESUME_SAVE_SECONDS = 30.0
 
 
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked; the message says how to proceed."""
 
 
 @dataclass

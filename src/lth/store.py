@@ -175,6 +175,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- resume state
 
 
+RESUME_FORMAT = 2  # bump when the layout below changes; older states are refused, not misread
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked; the message says how to proceed."""
+
+
+class ResumeStateError(RunDirError):
+    """The resume state cannot be used; the message says what to do."""
+
+
 def save_resume_state(path: Path, round_index: int, state: Any) -> None:
     """One file holds the whole position, so it is replaced atomically as one unit."""
     tensors: dict[str, torch.Tensor] = {}
@@ -189,6 +200,7 @@ def save_resume_state(path: Path, round_index: int, state: Any) -> None:
             tensors[f"opt/{pid}/{key}"] = value
     tensors["rng/torch"] = torch.get_rng_state()
     meta = {
+        "format": RESUME_FORMAT,
         "round": round_index,
         "steps_done": state.steps_done,
         "best_step": state.best_step,
@@ -203,8 +215,16 @@ def save_resume_state(path: Path, round_index: int, state: Any) -> None:
 def load_resume_state(path: Path) -> tuple[int, Any]:
     from lth.train import RoundState
 
-    tensors = load_tensors(path)
-    meta = json.loads(load_metadata(path)["lth_resume"])
+    try:
+        tensors = load_tensors(path)
+        meta = json.loads(load_metadata(path)["lth_resume"])
+    except Exception as exc:  # a foreign or damaged file: say so in one line
+        raise ResumeStateError(f"{path} is not a readable lth resume state ({type(exc).__name__}); delete it to restart the round from its beginning") from None
+    if meta.get("format") != RESUME_FORMAT:
+        raise ResumeStateError(
+            f"{path} was written by another lth version (resume format {meta.get('format', 1)}, this one reads {RESUME_FORMAT}); "
+            "finish the run with that version, or delete the file to restart the round from its beginning"
+        )
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for pid, keys in meta["optimizer"]["state"].items():
         opt_state[int(pid)] = {key: tensors[f"opt/{pid}/{key}"] for key in keys}
