@@ -117,6 +117,8 @@ def _compare_spec(args: argparse.Namespace, extra: list[str]):
         spec = dataclasses.replace(spec, overrides=tuple({**dict(spec.overrides), **overrides}.items()))
     if args.rounds is not None:
         spec = dataclasses.replace(spec, overrides=tuple({**dict(spec.overrides), "prune.rounds": str(args.rounds)}.items()))
+    if args.no_energy:
+        spec = dataclasses.replace(spec, overrides=tuple({**dict(spec.overrides), "energy.tracker": "off"}.items()))
     return spec
 
 
@@ -198,6 +200,7 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", metavar="DIR", help="study directory (default: runs/<name>)")
     cmp_.add_argument("--data-dir", metavar="DIR")
     cmp_.add_argument("--no-report", action="store_true", help="run the cells only")
+    cmp_.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 in any cell")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
 
