@@ -217,7 +217,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lth.data import DataError
-    from lth.experiment import RunDirError
+    from lth.store import RunDirError
     from lth.report import ReportError
 
     parser = make_parser()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lth.store import RunDir, read_rounds_csv
+from lth.store import RunDir, RunDirError, read_rounds_csv
 
 COLUMNS = [
     ("round", "round", "{}"),
@@ -28,8 +28,6 @@ def _fmt(value: str, spec: str) -> str:
 
 
 def rounds_table(run_dir: Path) -> str:
-    from lth.experiment import RunDirError
-
     run = RunDir(run_dir)
     if not run.rounds.exists():
         if not run.root.is_dir():
@@ -38,6 +36,11 @@ def rounds_table(run_dir: Path) -> str:
     rows = read_rounds_csv(run.rounds)
     header = [title for _, title, _ in COLUMNS]
     body = [[_fmt(row.get(key, ""), spec) for key, _, spec in COLUMNS] for row in rows]
+    return _render(header, body)
+
+
+def _render(header: list[str], body: list[list[str]]) -> str:
+    """Right-aligned columns, two spaces apart, as wide as their widest cell."""
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in body]
@@ -52,8 +55,6 @@ def _find_runs(paths: list[Path]) -> list[Path]:
         elif path.is_dir():
             found += sorted(p.parent for p in path.glob("**/config.toml") if "report" not in p.parts)
         else:
-            from lth.experiment import RunDirError
-
             raise RunDirError(f"{path} does not exist; pass run or study directories")
     return found
 
@@ -65,8 +66,6 @@ def side_by_side(paths: list[Path]) -> str:
 
     runs = _find_runs(paths)
     if not runs:
-        from lth.experiment import RunDirError
-
         raise RunDirError(f"no run directories under {', '.join(map(str, paths))}")
     base = Path(os.path.commonpath([str(r) for r in runs])) if len(runs) > 1 else runs[0].parent
     tables = {str(r.relative_to(base)) or r.name: read_rounds_csv(RunDir(r).rounds) for r in runs}
@@ -78,7 +77,4 @@ def side_by_side(paths: list[Path]) -> str:
         for rows in tables.values():
             line.append(f"{float(rows[i]['remaining_pct']):.1f} / {float(rows[i]['test_acc_best']):.4f}" if i < len(rows) else "-")
         body.append(line)
-    widths = [max(len(h), *(len(r[j]) for r in body)) if body else len(h) for j, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in body]
-    return "\n".join(lines)
+    return _render(header, body)
