@@ -279,16 +279,19 @@ def _tracker_kwargs(cc_module: Any, country: str) -> dict[str, Any]:
     return kwargs
 
 
+def _import_failed(package: str, exc: Exception) -> _Unavailable:
+    """The reading's reason when a tracker package is missing or breaks on import."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == package:
+        return _Unavailable(f"{package} not installed ({_INSTALL_HINT[package]})")
+    return _Unavailable(f"{package} cannot be imported: {_reason(exc)}")
+
+
 def _import_codecarbon() -> Any:
     try:
         import codecarbon  # noqa: F401
         import codecarbon.emissions_tracker
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] == "codecarbon":
-            raise _Unavailable(f"codecarbon not installed ({_INSTALL_HINT['codecarbon']})") from exc
-        raise _Unavailable(f"codecarbon cannot be imported: {_reason(exc)}") from exc
     except Exception as exc:
-        raise _Unavailable(f"codecarbon cannot be imported: {_reason(exc)}") from exc
+        raise _import_failed("codecarbon", exc) from exc
     _silence_codecarbon()  # its import installs a stderr handler at INFO
     return codecarbon
 
@@ -430,12 +433,8 @@ def _import_carbontracker() -> Any:
         # Its loggers bind sys.stdout when they are made (some at import): bind them to a sink.
         with contextlib.redirect_stdout(_NULL):
             import carbontracker.tracker as ct_tracker
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] == "carbontracker":
-            raise _Unavailable(f"carbontracker not installed ({_INSTALL_HINT['carbontracker']})") from exc
-        raise _Unavailable(f"carbontracker cannot be imported: {_reason(exc)}") from exc
     except Exception as exc:
-        raise _Unavailable(f"carbontracker cannot be imported: {_reason(exc)}") from exc
+        raise _import_failed("carbontracker", exc) from exc
     return ct_tracker
 
 

@@ -357,23 +357,21 @@ class _Study:
     def masks_for_round(self, r: int) -> tuple[Masks, int, bool]:
         """Round r's mask (stored if an earlier attempt got that far), pruned count, skipped."""
         run, p = self.run, self.config.prune
+        if r == 0:
+            masks = load_tensors(run.mask(0)) if run.mask(0).exists() else full_masks(self.model, self.names)
+            return masks, 0, False
+        previous = load_tensors(run.mask(r - 1))
         if run.mask(r).exists():
             masks = load_tensors(run.mask(r))
-        elif r == 0:
-            masks = full_masks(self.model, self.names)
         else:
-            criterion = get_criterion(p.criterion)
-            masks = criterion(
+            masks = get_criterion(p.criterion)(
                 load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), self.init,
-                load_tensors(run.mask(r - 1)), p.fraction, self.names,
+                previous, p.fraction, self.names,
                 scope=p.scope, layer_fractions=layer_fractions(self.config, self.model, self.names),
                 seed=derive_seed(self.config.seed, "prune", r),
                 target_kept=self.matched[r] if self.matched else None,
             )
-        if r == 0:
-            return masks, 0, False
-        before = sum(count_kept(load_tensors(run.mask(r - 1))).values())
-        pruned = before - sum(count_kept(masks).values())
+        pruned = sum(count_kept(previous).values()) - sum(count_kept(masks).values())
         return masks, pruned, pruned == 0
 
     def run_round(self, r: int, bars: Progress) -> dict[str, Any]:

@@ -22,6 +22,12 @@ import torch
 from torch import nn
 
 
+def dense_head(in_features: int, num_classes: int) -> tuple[nn.Sequential, nn.Linear]:
+    """Dense 256-256 with ReLUs, and the output layer: the head every registered model shares."""
+    classifier = nn.Sequential(nn.Linear(in_features, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+    return classifier, nn.Linear(256, num_classes)
+
+
 class SeedCNN(nn.Module):
     """The seed study's CNN: 2×(conv-conv-pool), dense 256-256, dense 10 (logits)."""
 
@@ -40,13 +46,7 @@ class SeedCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        self.classifier = nn.Sequential(
-            nn.Linear(5 * 5 * 128, 256),
-            nn.ReLU(),
-            nn.Linear(256, 256),
-            nn.ReLU(),
-        )
-        self.output = nn.Linear(256, num_classes)
+        self.classifier, self.output = dense_head(5 * 5 * 128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.classifier(self.features(x)))
@@ -81,13 +81,7 @@ class ConvNet(nn.Module):
         layers.append(nn.Flatten())
         self.features = nn.Sequential(*layers)
         side = image_size // 2 ** len(widths)
-        self.classifier = nn.Sequential(
-            nn.Linear(side * side * channels, 256),
-            nn.ReLU(),
-            nn.Linear(256, 256),
-            nn.ReLU(),
-        )
-        self.output = nn.Linear(256, num_classes)
+        self.classifier, self.output = dense_head(side * side * channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.classifier(self.features(x)))
