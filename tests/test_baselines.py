@@ -27,13 +27,13 @@ def tiny(**overrides: str) -> cfgmod.Config:
 def spy_starts(monkeypatch):
     """Record the weights every round starts training from (after rewind and masking)."""
     starts: list[dict[str, torch.Tensor]] = []
-    real = experiment.train_round
+    real = experiment.train_rounds
 
-    def spy(model, masks, *args, **kwargs):
-        starts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real(model, masks, *args, **kwargs)
+    def spy(members, *args, **kwargs):
+        starts.extend({k: v.detach().clone() for k, v in m.model.state_dict().items()} for m in members)
+        return real(members, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_round", spy)
+    monkeypatch.setattr(experiment, "train_rounds", spy)
     return starts
 
 

@@ -59,8 +59,10 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     config = build_config(args, extra)
     options = dict(out=args.out, data_dir=args.data_dir, resume=args.resume, force=args.force, progress=False if args.no_progress else None)
+    if args.parallel > 1 and args.replicates == 1:
+        raise ConfigError("--parallel K trains K seeds together: give --replicates K (or use lth compare --parallel K)")
     if args.replicates != 1:
-        results = run_replicates(config, args.replicates, **options)
+        results = run_replicates(config, args.replicates, parallel=args.parallel, **options)
         print(f"run directories: {', '.join(str(r.run_dir) for r in results)}")
         return 0
     result = run_study(config, **options)
@@ -127,7 +129,7 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
 
     spec = _compare_spec(args, extra)
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    result = run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report)
+    result = run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report, parallel=args.parallel)
     print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete)")
     return 0
 
@@ -167,6 +169,7 @@ def make_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="continue the run already in --out")
     mode.add_argument("--force", action="store_true", help="DESTRUCTIVE: delete the run already in --out and start over")
     run.add_argument("--replicates", type=int, default=1, metavar="K", help="K runs with seeds N..N+K-1, each in --out/seed-<s>/")
+    run.add_argument("--parallel", type=int, default=1, metavar="K", help="with --replicates: train K seeds together on one device (default 1)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (summaries still print)")
     run.set_defaults(func=_cmd_run)
 
@@ -201,6 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--data-dir", metavar="DIR")
     cmp_.add_argument("--no-report", action="store_true", help="run the cells only")
     cmp_.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 in any cell")
+    cmp_.add_argument("--parallel", type=int, default=1, metavar="K", help="train up to K compatible cells together on one device (default 1)")
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
 

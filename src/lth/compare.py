@@ -182,6 +182,31 @@ def _run_cell(cell: Cell, data_dir: str | None, progress: bool | None) -> Path:
     return run_study(cell.config, out=cell.out, data_dir=data_dir, resume=resume, progress=progress).run_dir
 
 
+def _run_cells(cells: list[Cell], data_dir: str | None, progress: bool | None) -> list[Path]:
+    """Several cells trained together on one device (`--parallel`)."""
+    from lth.experiment import run_parallel
+
+    results = run_parallel([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
+    return [r.run_dir for r in results]
+
+
+def parallel_batches(cells: list[Cell], k: int) -> list[list[Cell]]:
+    """Cells in groups of up to k that can train together (same model, data, schedule, device),
+    in plan order."""
+    from lth.experiment import parallel_compatible
+
+    batches: list[list[Cell]] = []
+    open_batches: list[list[Cell]] = []
+    for cell in cells:
+        home = next((b for b in open_batches if len(b) < k and parallel_compatible(b[0].config, cell.config) is None), None)
+        if home is None:
+            home = []
+            open_batches.append(home)
+            batches.append(home)
+        home.append(cell)
+    return batches
+
+
 @dataclass
 class CompareResult:
     study_dir: Path
@@ -198,8 +223,14 @@ def run_comparison(
     progress: bool | None = None,
     report: bool = True,
     log: Callable[[str], None] = print,
+    parallel: int = 1,
 ) -> CompareResult:
-    """Run every incomplete cell, then write the combined report into `<out>/report/`."""
+    """Run every incomplete cell, then write the combined report into `<out>/report/`.
+
+    `parallel` > 1 trains up to that many compatible cells together on one device; each batch
+    of cells is one call through the executor."""
+    if parallel < 1:
+        raise ConfigError(f"--parallel: must be >= 1, got {parallel}")
     study = Path(out)
     cells = plan(spec, study)
     stored = study / "study.toml"
@@ -211,18 +242,24 @@ def run_comparison(
     atomic_write_text(stored, spec.to_toml())
     executor = executor or SequentialExecutor()
     result = CompareResult(study)
-    pending: list[tuple[Cell, concurrent.futures.Future]] = []
+    data = None if data_dir is None else str(data_dir)
+    pending: list[concurrent.futures.Future] = []
     for wave in (False, True):  # cells that copy another ticket wait for the first wave
+        todo = []
         for cell in (c for c in cells if (c.depends_on is not None) == wave):
             if is_complete(cell):
                 result.skipped.append(cell.out)
                 log(f"[{cell.label} seed {cell.seed}] complete, skipped")
                 continue
             log(f"[{cell.label} seed {cell.seed}] running into {cell.out}")
-            pending.append((cell, executor.submit(_run_cell, cell, None if data_dir is None else str(data_dir), progress)))
-        for cell, future in pending:
-            result.ran.append(future.result())  # re-raises a cell's error here
-        pending.clear()
+            todo.append(cell)
+        if parallel == 1:
+            pending = [executor.submit(_run_cell, cell, data, progress) for cell in todo]
+            result.ran += [future.result() for future in pending]  # re-raises a cell's error here
+        else:
+            pending = [executor.submit(_run_cells, batch, data, progress) for batch in parallel_batches(todo, parallel)]
+            for future in pending:
+                result.ran += future.result()
     if report:
         from lth.report import write_report
 

@@ -20,6 +20,7 @@ import tomli_w
 
 REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("auto", "eager", "graph")
 LAYER_TYPES = ("conv", "dense", "output")
 
 
@@ -54,6 +55,14 @@ class TrainConfig:
     beta2: float = 0.999
     eps: float = 1e-7
     eval_batch_size: int = 500
+    # TF32 tensor-core arithmetic for CUDA matmuls and convolutions (TensorFlow, and so the
+    # seed's Keras, enables it by default on Ampere and later GPUs). No effect on CPU.
+    tf32: bool = True
+    # How iterations execute, not what they compute (outside the hash, like `device`):
+    # "auto" = CUDA graphs on a GPU, eager on CPU; "eager"; or "graph" (CUDA only).
+    engine: str = "auto"
+    # CPU only: run convolutions in channels-last (NHWC) layout.
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,12 +179,14 @@ def to_toml(config: Config) -> str:
 
 
 def computed(config: Config) -> dict[str, Any]:
-    """The part of a config that decides a study's results: all but device and energy."""
-    return to_dict(replace(config, device="auto", energy=EnergyConfig()))
+    """The part of a config that decides a study's results: all but where and how it executes
+    (device, engine, memory layout) and the energy recording."""
+    execution = replace(config.train, engine="auto", channels_last=False)
+    return to_dict(replace(config, device="auto", energy=EnergyConfig(), train=execution))
 
 
 def config_hash(config: Config) -> str:
-    """Short stable hash of what the study computes (device and energy excluded)."""
+    """Short stable hash of what the study computes (execution settings and energy excluded)."""
     payload = computed(config)
     return hashlib.sha256(tomli_w.dumps(payload).encode()).hexdigest()[:8]
 
@@ -356,6 +367,7 @@ def validate(config: Config) -> None:
         need(t.steps is not None or k <= t.initial_epochs, f"rewind: epoch:{k} is after round 0's last epoch ({t.initial_epochs})")
     need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
     need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
+    need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
     need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
     bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
     need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")

@@ -67,6 +67,14 @@ class EnergyReading:
     def measurable(self) -> bool:
         return self.kwh is not None
 
+    def share(self, k: int) -> EnergyReading:
+        """This study's equal share of a round that K studies trained together (`--parallel`)."""
+        if k == 1 or self.kwh is None:
+            return self
+        others = "1 other study" if k == 2 else f"{k - 1} other studies"
+        co2 = None if self.co2_kg is None else self.co2_kg / k
+        return EnergyReading(self.kwh / k, co2, self.seconds, f"{self.method}; 1/{k} of a round trained together with {others}")
+
     def as_row(self) -> dict[str, object]:
         """Columns for rounds.csv; None becomes "" so the CSV cell is empty rather than "None"."""
         return {

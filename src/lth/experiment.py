@@ -9,6 +9,7 @@ and results as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -16,7 +17,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from lth import __version__
 from lth import config as cfgmod
 from lth.config import Config
 from lth.data import load_splits
-from lth.energy import EnergyMeter, make_meter
+from lth.energy import EnergyMeter, EnergyReading, make_meter
+from lth.engine import use_graphs
 from lth.masks import Masks, apply_masks_, count_kept, count_total, density, full_masks
 from lth.models import build_model, layer_types, prunable_names
 from lth.progress import Progress
@@ -47,7 +49,7 @@ from lth.store import (  # noqa: F401 - RunDirError is re-exported as part of th
     write_metrics,
     write_rounds_csv,
 )
-from lth.train import RoundOutcome, RoundState, cpu_state, derive_seed, round_length, steps_per_epoch, train_round
+from lth.train import Member, RoundOutcome, RoundState, derive_seed, round_length, steps_per_epoch, train_rounds
 
 # With an iteration cadence (eval every N steps) the resume state is written at an evaluation
 # at most this often, so a fast GPU run is not throttled by checkpoint writes.
@@ -184,6 +186,7 @@ def run_study(
     run = RunDir(Path(out) if out is not None else default_run_dir(config))
     _prepare(run, config, resume, force)
     device = resolve_device(config.device)
+    use_graphs(config.train.engine, device)  # refuse "graph" on a CPU before writing anything
     with _locked(run):
         if force and is_run_dir(run.root):
             for child in run.root.iterdir():
@@ -207,19 +210,29 @@ def run_replicates(
     resume: bool = False,
     force: bool = False,
     progress: bool | None = None,
+    parallel: int = 1,
 ) -> list[StudyResult]:
-    """Run K seeds of one study, one after another, each in `<out>/seed-<s>/`.
+    """Run K seeds of one study, each in `<out>/seed-<s>/`: one after another, or `parallel`
+    at a time trained together on one device (`run_parallel`).
 
     Every child directory is checked before the first one starts, so a refused child cannot
     leave the others half-done.
     """
+    if parallel < 1:
+        raise cfgmod.ConfigError(f"--parallel: must be >= 1, got {parallel}")
     configs = replicate_configs(config, replicates)
     parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
     children = [RunDir(parent / f"seed-{c.seed}") for c in configs]
     for child, c in zip(children, configs):
         cfgmod.validate(c)
         _prepare(child, c, resume, force)
-    return [run_study(c, out=child.root, data_dir=data_dir, resume=resume, force=force, progress=progress) for child, c in zip(children, configs)]
+    if parallel == 1:
+        return [run_study(c, out=child.root, data_dir=data_dir, resume=resume, force=force, progress=progress) for child, c in zip(children, configs)]
+    results: list[StudyResult] = []
+    for start in range(0, len(configs), parallel):
+        chunk = slice(start, start + parallel)
+        results += run_parallel(configs[chunk], [c.root for c in children[chunk]], data_dir=data_dir, resume=resume, force=force, progress=progress)
+    return results
 
 
 def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None, device: str | None = None) -> StudyResult:
@@ -291,12 +304,10 @@ def _match_counts(config: Config, names: list[str]) -> list[dict[str, int]] | No
     return counts
 
 
-def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any, progress: bool | None) -> StudyResult:
+def _open_study(run: RunDir, config: Config, splits: Any) -> tuple[_Study, list[dict[str, Any]]]:
+    """Set a (locked) run directory up for training — config, manifest and θ0 written on first
+    use — and return the study with the rounds it has already committed."""
     seeds = seeds_for(config)
-    splits = load_splits(
-        data_dir, device=device, train_size=config.data.train_size,
-        val_size=config.data.val_size, test_size=config.data.test_size,
-    )
     model = build_model(config.model, seeds["init_seed"])
     names = pruned_tensors(config, model)
     matched = _match_counts(config, names)
@@ -311,7 +322,7 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
             "lth_version": __version__,
             "torch_version": torch.__version__,
             "python": platform.python_version(),
-            "device": str(device),
+            "device": str(splits.train_x.device),
             "seeds": seeds,
             "prunable": names,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -322,22 +333,121 @@ def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any
     else:
         init = {k: v.detach().clone() for k, v in model.state_dict().items()}
         save_tensors(run.init, init)
-
     rows = [{k: _parse(v) for k, v in r.items()} for r in read_rounds_csv(run.rounds)]
-    total_rounds = config.prune.rounds + 1
     meter = make_meter(config.energy.tracker, config.energy.country)
-    study = _Study(run, config, model, init, names, splits, seeds, matched, meter)
+    return _Study(run, config, model, init, names, splits, seeds, matched, meter), rows
+
+
+def _load_splits(config: Config, data_dir: Any, device: torch.device) -> Any:
+    d = config.data
+    return load_splits(data_dir, device=device, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size)
+
+
+def _commit_round(study: _Study, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """A round is committed by its rows.csv row, written after its checkpoints."""
+    rows.append(row)
+    write_rounds_csv(study.run.rounds, rows)
+    study.run.resume_state.unlink(missing_ok=True)
+
+
+def _run_locked(run: RunDir, config: Config, device: torch.device, data_dir: Any, progress: bool | None) -> StudyResult:
+    study, rows = _open_study(run, config, _load_splits(config, data_dir, device))
+    total_rounds = config.prune.rounds + 1
     bars = Progress(total_rounds, enabled=progress)
     bars.skip_rounds(len(rows))
     try:
         for r in range(len(rows), total_rounds):
-            rows.append(study.run_round(r, bars))
-            write_rounds_csv(run.rounds, rows)
+            _commit_round(study, rows, study.run_round(r, bars))
             bars.end_round(rows[-1], total_rounds)
-            run.resume_state.unlink(missing_ok=True)
     finally:
         bars.close()
     return StudyResult(run.root, rows)
+
+
+def parallel_compatible(a: Config, b: Config) -> str | None:
+    """Why two studies cannot be trained together, or None: they must share the model, the data
+    slice, the training schedule and the device (seeds, criteria and rewind points may differ)."""
+    for what, x, y in (("model", a.model, b.model), ("data", a.data, b.data), ("train", a.train, b.train), ("device", a.device, b.device)):
+        if x != y:
+            return f"they differ in {what}"
+    return None
+
+
+def run_parallel(
+    configs: list[Config],
+    outs: list[str | os.PathLike],
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+) -> list[StudyResult]:
+    """Run K studies together on one device (`--parallel K`): each round, the studies at that
+    round train as one stacked model (`lth.engine.StackedEngine`), then each prunes and stores
+    its own run directory exactly as `run_study` would.
+
+    Every directory is checked before anything is written. Studies whose resume positions
+    differ within a round train in separate groups, so an interrupted set resumes correctly.
+    """
+    if len(configs) != len(outs) or not configs:
+        raise ValueError("run_parallel needs one output directory per config")
+    for c in configs:
+        cfgmod.validate(c)
+        reason = parallel_compatible(configs[0], c)
+        if reason:
+            raise cfgmod.ConfigError(f"--parallel: {c.name} (seed {c.seed}) cannot train together with {configs[0].name} (seed {configs[0].seed}): {reason}; run them separately")
+    runs = [RunDir(Path(o)) for o in outs]
+    if len({r.root.resolve() for r in runs}) != len(runs):
+        raise RunDirError("--parallel: two studies would share one run directory; give each its own --out")
+    for run, c in zip(runs, configs):
+        _prepare(run, c, resume, force)
+    device = resolve_device(configs[0].device)
+    use_graphs(configs[0].train.engine, device)
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(_locked(run))
+        for run in runs:
+            if force and is_run_dir(run.root):
+                for child in run.root.iterdir():
+                    if child.name != ".lock":
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        splits = _load_splits(configs[0], data_dir, device)
+        opened = [_open_study(run, c, splits) for run, c in zip(runs, configs)]
+        _train_together(opened, progress)
+    return [StudyResult(run.root, rows) for run, (_, rows) in zip(runs, opened)]
+
+
+def _train_together(opened: list[tuple[_Study, list[dict[str, Any]]]], progress: bool | None) -> None:
+    totals = [study.config.prune.rounds + 1 for study, _ in opened]
+    bars = Progress(sum(totals), enabled=progress)
+    bars.skip_rounds(sum(len(rows) for _, rows in opened))
+    try:
+        while True:
+            pending = [(s, rows) for (s, rows), t in zip(opened, totals) if len(rows) < t]
+            if not pending:
+                return
+            r = min(len(rows) for _, rows in pending)
+            at_r = [(s, rows) for s, rows in pending if len(rows) == r]
+            plans = [s.begin_round(r, None) for s, _ in at_r]
+            groups: dict[int, list[int]] = {}
+            for i, plan in enumerate(plans):
+                groups.setdefault(plan.member.resume.steps_done if plan.member.resume else 0, []).append(i)
+            for members in groups.values():
+                study0, config0 = at_r[members[0]][0], at_r[members[0]][0].config
+                n_train = study0.splits.train_x.shape[0]
+                first = plans[members[0]]
+                bars.start_round(r, round_length(config0.train, n_train, r), first.member.resume.steps_done if first.member.resume else 0)
+                lead = first.member.on_eval
+                first.member.on_eval = lambda state, lead=lead: (lead(state), bars.end_eval(state.history[-1]))
+                study0.meter.start()
+                outcomes = train_rounds([plans[i].member for i in members], study0.splits, config0.train, r)
+                energy = study0.meter.stop().share(len(members))
+                for i, outcome in zip(members, outcomes):
+                    study, rows = at_r[i]
+                    _commit_round(study, rows, study.finish_round(plans[i], outcome, energy))
+                    row = dict(rows[-1])
+                    bars.end_round(row, study.config.prune.rounds + 1, label=f"{study.config.name} seed {study.config.seed}")
+    finally:
+        bars.close()
 
 
 @dataclass
@@ -374,7 +484,10 @@ class _Study:
         pruned = sum(count_kept(previous).values()) - sum(count_kept(masks).values())
         return masks, pruned, pruned == 0
 
-    def run_round(self, r: int, bars: Progress) -> dict[str, Any]:
+    def begin_round(self, r: int, bars: Progress | None) -> _RoundPlan:
+        """Everything before training: the round's mask (stored first), the rewind, a resume
+        position if an earlier attempt saved one, and the callbacks that persist evaluations.
+        `bars=None` leaves the progress display to the caller (studies trained together)."""
         run, config, model = self.run, self.config, self.model
         masks, pruned, skipped = self.masks_for_round(r)
         if not run.mask(r).exists():
@@ -396,12 +509,11 @@ class _Study:
         write_metrics(run.metrics, earlier + history)
 
         n_train = self.splits.train_x.shape[0]
-        bars.start_round(r, round_length(config.train, n_train, r), resume_state.steps_done if resume_state else 0)
-        elapsed_before = sum(m["seconds"] for m in history)
-        started = time.perf_counter()
+        total_steps = round_length(config.train, n_train, r)
+        if bars is not None:
+            bars.start_round(r, total_steps, resume_state.steps_done if resume_state else 0)
         last_save = [time.monotonic()]
         per_eval_save = config.train.eval_every == "epoch"
-        total_steps = round_length(config.train, n_train, r)
 
         def on_eval(state: RoundState) -> None:
             now = time.monotonic()
@@ -413,27 +525,47 @@ class _Study:
                     append_metrics(run.metrics, state.history[-1:])
                 else:
                     write_metrics(run.metrics, earlier + state.history)
-            bars.end_eval(state.history[-1])
+            if bars is not None:
+                bars.end_eval(state.history[-1])
 
         snapshots = None
         if r == 0 and config.rewind.startswith("epoch:") and not run.rewind_point.exists():
             at = int(config.rewind[6:]) * steps_per_epoch(n_train, config.train.batch_size)
 
-            def snapshots(step: int, m: torch.nn.Module) -> None:
+            def snapshots(step: int, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
                 if step == at:
-                    save_tensors(run.rewind_point, cpu_state(m))
+                    save_tensors(run.rewind_point, weights())
 
-        self.meter.start()
-        outcome = train_round(
-            model, masks, self.splits, config.train, self.seeds["data_seed"], r,
-            resume=resume_state, on_eval=on_eval, snapshots=snapshots,
-        )
-        energy = self.meter.stop()  # never raises; covers only this process's part of the round
-        save_tensors(run.best(r), outcome.best)
-        save_tensors(run.final(r), outcome.final)
-        seconds = elapsed_before + time.perf_counter() - started
-        row = _round_row(r, config, outcome, masks, pruned, skipped, seconds)
+        member = Member(model, masks, self.seeds["data_seed"], resume_state, on_eval, snapshots)
+        return _RoundPlan(r, masks, pruned, skipped, member, sum(m["seconds"] for m in history), time.perf_counter())
+
+    def finish_round(self, plan: _RoundPlan, outcome: RoundOutcome, energy: EnergyReading) -> dict[str, Any]:
+        """Store the round's weights and return its rounds.csv row (the caller commits it)."""
+        save_tensors(self.run.best(plan.r), outcome.best)
+        save_tensors(self.run.final(plan.r), outcome.final)
+        seconds = plan.elapsed_before + time.perf_counter() - plan.started
+        row = _round_row(plan.r, self.config, outcome, plan.masks, plan.pruned, plan.skipped, seconds)
         row.update(energy.as_row())
-        if resume_state is not None and energy.kwh is not None:
+        if plan.member.resume is not None and energy.kwh is not None:
             row["energy_method"] += "; resumed round: the interrupted part is not counted"
         return row
+
+    def run_round(self, r: int, bars: Progress) -> dict[str, Any]:
+        plan = self.begin_round(r, bars)
+        self.meter.start()
+        outcome = train_rounds([plan.member], self.splits, self.config.train, r)[0]
+        energy = self.meter.stop()  # never raises; covers only this process's part of the round
+        return self.finish_round(plan, outcome, energy)
+
+
+@dataclass
+class _RoundPlan:
+    """One study's round between `begin_round` and `finish_round`."""
+
+    r: int
+    masks: Masks
+    pruned: int
+    skipped: bool
+    member: Member
+    elapsed_before: float  # seconds an interrupted attempt already spent on this round
+    started: float

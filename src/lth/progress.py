@@ -32,13 +32,13 @@ class Progress:
             self.epochs.set_postfix(epoch=row["epoch"], val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_acc']:.3f}")
             self.epochs.update(row["step"] - self.epochs.n)
 
-    def end_round(self, row: dict[str, Any], total_rounds: int) -> None:
+    def end_round(self, row: dict[str, Any], total_rounds: int, label: str = "") -> None:
         if self.epochs is not None:
             self.epochs.close()
             self.epochs = None
         self.rounds.update(1)
         if self.summaries:
-            tqdm.write(summary_line(row, total_rounds), file=sys.stdout)
+            tqdm.write((f"[{label}] " if label else "") + summary_line(row, total_rounds), file=sys.stdout)
             sys.stdout.flush()  # batch logs see each round as it ends, not at exit
 
     def skip_rounds(self, n: int) -> None:

@@ -1,7 +1,8 @@
 """One round of training (DESIGN §1): Adam, per-step re-masking, validation after every epoch
 (or every N iterations), and the best (lowest validation loss, earlier on ties) and final weights.
 
-The loop does no I/O: at each evaluation it hands a `RoundState` to `on_eval`, which the
+There is one loop (`train_rounds`) for K ≥ 1 studies trained together; how an iteration runs
+(eager, CUDA graph, stacked K-way) is the engine's business (`lth.engine`). The loop does no I/O: at each evaluation it hands a `RoundState` to `on_eval`, which the
 experiment layer persists so that an interrupted round resumes from its last evaluation.
 Everything random comes from `data_seed` via per-epoch generators, so a resumed round sees the
 same data order as an uninterrupted one.
@@ -12,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,7 +24,7 @@ from torch import nn
 
 from lth.config import TrainConfig
 from lth.data import Splits, to_float
-from lth.masks import MaskApplier
+from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, eager_step, host_copy, numerics, use_graphs
 
 StateDict = dict[str, torch.Tensor]
 
@@ -41,7 +43,7 @@ def epoch_order(n: int, data_seed: int, round_index: int, epoch: int, device: to
 
 def cpu_state(model: nn.Module) -> StateDict:
     """A detached CPU copy of the model's weights (what checkpoints and pruning read)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {k: host_copy(v) for k, v in model.state_dict().items()}
 
 
 @torch.inference_mode()
@@ -93,13 +95,6 @@ class RoundOutcome:
     history: list[dict[str, float]]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam with Keras' epsilon (1e-7, not PyTorch's 1e-8); a fresh one every round."""
-    return torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True
-    )
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Iterations per pass over `n` images; the last batch may be partial (as in Keras)."""
     return math.ceil(n / batch_size)
@@ -117,6 +112,23 @@ def eval_interval(cfg: TrainConfig, n: int) -> int:
     return steps_per_epoch(n, cfg.batch_size) if cfg.eval_every == "epoch" else int(cfg.eval_every)
 
 
+
+
+@dataclass
+class Member:
+    """One study's part in a round: its model (rewound and masked), masks, data seed, and where
+    its evaluations go. A plain run is one member; `--parallel K` trains K together."""
+
+    model: nn.Module
+    masks: Mapping[str, torch.Tensor]
+    data_seed: int
+    resume: RoundState | None = None
+    on_eval: Callable[[RoundState], None] | None = None
+    # Called after every iteration with the step and a function that returns the weights;
+    # must be cheap when it has nothing to do (late-rewinding points).
+    snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None
+
+
 def train_round(
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
@@ -126,104 +138,128 @@ def train_round(
     round_index: int,
     resume: RoundState | None = None,
     on_eval: Callable[[RoundState], None] | None = None,
-    snapshots: Callable[[int, nn.Module], None] | None = None,
+    snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None,
 ) -> RoundOutcome:
-    """Train `model` (already rewound and masked) for one round under `masks`.
+    """Train `model` (already rewound and masked) for one round under `masks`."""
+    member = Member(model, masks, data_seed, resume, on_eval, snapshots)
+    return train_rounds([member], splits, cfg, round_index)[0]
+
+
+def _epoch_orders(members: Sequence[Member], n: int, round_index: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """[K, n]: each study's permutation for this epoch, made on the host and copied once."""
+    return torch.stack([epoch_order(n, m.data_seed, round_index, epoch, torch.device("cpu")) for m in members]).to(device)
+
+
+def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
+    """Train K studies' round together (K = 1: a plain round); one loop for every engine.
 
     Validation runs every `cfg.eval_every` iterations ("epoch": at each epoch's end) and after
-    the last iteration; the best weights follow that cadence. `on_eval` receives the resumable
-    state at every evaluation; `snapshots(step, model)` is called after every iteration (for
-    late-rewinding points) and must be cheap when it has nothing to do.
+    the last iteration; each study's best weights follow that cadence. Each member's `on_eval`
+    receives its resumable state at every evaluation. Members must start from the same
+    iteration (all fresh, or all resumed at the same point).
     """
     device = splits.train_x.device
-    model.to(device).train()
-    optimizer = make_optimizer(model, cfg)
-    apply_masks = MaskApplier(model, masks)
-    apply_masks()
+    k = len(members)
+    resumed = [m.resume for m in members]
+    if len({r.steps_done if r else 0 for r in resumed}) > 1 or (any(resumed) and not all(resumed)):
+        raise ValueError("studies trained together must resume from the same iteration")
+    graphed = use_graphs(cfg.engine, device)
+    with numerics(cfg.tf32, device):
+        if k == 1:
+            engine: Engine = ModuleEngine(members[0].model, members[0].masks, cfg, device, capturable=graphed)
+        else:
+            engine = StackedEngine([m.model for m in members], [m.masks for m in members], cfg, device, capturable=graphed)
+        if all(resumed):
+            engine.load_weights([r.model for r in resumed])  # type: ignore[union-attr]
+            engine.load_optimizer([r.optimizer for r in resumed])  # type: ignore[union-attr]
+            states = list(resumed)  # type: ignore[arg-type]
+        else:
+            states = [RoundState(0, {}, {}, engine.state(i), 0, float("inf"), 0.0, []) for i in range(k)]
+        step = (
+            GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size)
+            if graphed
+            else partial(eager_step, engine, splits.train_x, splits.train_y)
+        )
+        outcomes = _loop(members, engine, step, states, splits, cfg, round_index)
+        engine.write_back([m.model for m in members])
+    return outcomes
 
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        apply_masks()
-        state = resume
-    else:
-        state = RoundState(0, {}, {}, cpu_state(model), 0, float("inf"), 0.0, [])
 
+def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tensor], None], states: list[RoundState], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
+    device = splits.train_x.device
     n = splits.train_x.shape[0]
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = round_length(cfg, n, round_index)
     every = eval_interval(cfg, n)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    order_epoch, order = -1, torch.empty(0)
+    order_epoch, orders = -1, torch.empty(0)
     started = time.perf_counter()
-    for step in range(state.steps_done, total):
-        epoch_index, offset = divmod(step, per_epoch)
+    for index in range(states[0].steps_done, total):
+        epoch_index, offset = divmod(index, per_epoch)
         if epoch_index != order_epoch:
-            order_epoch, order = epoch_index, epoch_order(n, data_seed, round_index, epoch_index + 1, device)
-        idx = order[offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-        x = to_float(splits.train_x[idx])
-        y = splits.train_y[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        apply_masks()
-        with torch.no_grad():
-            loss_sum += loss.detach().double() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum()
-        seen += y.shape[0]
-        done = step + 1
-        if snapshots is not None:
-            snapshots(done, model)
+            order_epoch, orders = epoch_index, _epoch_orders(members, n, round_index, epoch_index + 1, device)
+        idx = orders[:, offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
+        step(idx)
+        seen += idx.shape[1]
+        done = index + 1
+        for i, member in enumerate(members):
+            if member.snapshots is not None:
+                member.snapshots(done, partial(engine.state, i))
         if done % every and done != total:
             continue
-        val_loss, val_acc = evaluate(model, splits.val_x, splits.val_y, cfg.eval_batch_size)
-        if val_loss < state.best_val_loss:
-            state.best, state.best_step = cpu_state(model), done
-            state.best_val_loss, state.best_val_acc = val_loss, val_acc
-        state.history.append(
-            {
-                "round": round_index,
-                "epoch": math.ceil(done / per_epoch),
-                "step": done,
-                "train_loss": float(loss_sum) / seen,
-                "train_acc": int(correct) / seen,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        loss_sum.zero_()
-        correct.zero_()
+        evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
+        loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()
+        seconds = time.perf_counter() - started
+        for i, (member, state) in enumerate(zip(members, states)):
+            val_loss, val_acc = evaluations[i]
+            if val_loss < state.best_val_loss:
+                state.best, state.best_step = engine.state(i), done
+                state.best_val_loss, state.best_val_acc = val_loss, val_acc
+            state.history.append(
+                {
+                    "round": round_index,
+                    "epoch": math.ceil(done / per_epoch),
+                    "step": done,
+                    "train_loss": loss_sums[i] / seen,
+                    "train_acc": corrects[i] / seen,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "seconds": seconds,
+                }
+            )
+            state.steps_done = done
+            state.model = engine.state(i)
+            state.optimizer = engine.optimizer_state(i)
+            if member.on_eval is not None:
+                member.on_eval(state)
+        engine.loss_sum.zero_()
+        engine.correct.zero_()
         seen = 0
-        state.steps_done = done
-        state.model = cpu_state(model)
-        state.optimizer = optimizer.state_dict()
-        if on_eval is not None:
-            on_eval(state)
         started = time.perf_counter()
 
-    final = cpu_state(model)
-    last = state.history[-1]
-    test_loss_final, test_acc_final = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size)
-    model.load_state_dict(state.best)
-    test_loss_best, test_acc_best = evaluate(model, splits.test_x, splits.test_y, cfg.eval_batch_size)
-    model.load_state_dict(final)
-    return RoundOutcome(
-        best=state.best,
-        final=final,
-        best_step=state.best_step,
-        best_epoch=math.ceil(state.best_step / per_epoch),
-        best_val_loss=state.best_val_loss,
-        best_val_acc=state.best_val_acc,
-        final_val_loss=last["val_loss"],
-        final_val_acc=last["val_acc"],
-        test_acc_best=test_acc_best,
-        test_acc_final=test_acc_final,
-        test_loss_best=test_loss_best,
-        test_loss_final=test_loss_final,
-        history=state.history,
-    )
+    finals = [engine.state(i) for i in range(len(members))]
+    test_final = engine.evaluate(splits.test_x, splits.test_y, cfg.eval_batch_size)
+    engine.load_weights([s.best for s in states])
+    test_best = engine.evaluate(splits.test_x, splits.test_y, cfg.eval_batch_size)
+    engine.load_weights(finals)
+    outcomes = []
+    for state, final, (loss_f, acc_f), (loss_b, acc_b) in zip(states, finals, test_final, test_best):
+        last = state.history[-1]
+        outcomes.append(
+            RoundOutcome(
+                best=state.best,
+                final=final,
+                best_step=state.best_step,
+                best_epoch=math.ceil(state.best_step / per_epoch),
+                best_val_loss=state.best_val_loss,
+                best_val_acc=state.best_val_acc,
+                final_val_loss=last["val_loss"],
+                final_val_acc=last["val_acc"],
+                test_acc_best=acc_b,
+                test_acc_final=acc_f,
+                test_loss_best=loss_b,
+                test_loss_final=loss_f,
+                history=state.history,
+            )
+        )
+    return outcomes

@@ -1,0 +1,313 @@
+"""How one training iteration runs on the hardware; `train.train_rounds` is the one loop above it.
+
+The loop decides *what* happens (data order, evaluation cadence, best weights, resume); an
+engine decides *how* an iteration of K studies executes:
+
+- `ModuleEngine` (K = 1): the study's own `nn.Module`, optionally channels-last on CPU.
+- `StackedEngine` (K ≥ 2): K studies of one architecture advanced together. Their parameters
+  are stacked along a leading K axis and the model runs under `torch.func.vmap`, whose
+  convolution rule turns K convolutions into one grouped convolution. One Adam over the stacked
+  tensors is exactly K Adams (Adam is elementwise), and a stacked mask multiply re-masks all K.
+- `GraphedStep` (CUDA): either engine's whole iteration — gather the batch, scale, forward,
+  backward, Adam, re-mask, metric sums — captured once as a CUDA graph and replayed, with a
+  capturable fused Adam and the re-mask as an in-place multiply inside the graph. The graph
+  reads the batch's indices from a static buffer, so the host only copies K×B indices per step
+  and never waits on the GPU inside an epoch.
+
+Every engine runs the same `body`, eagerly or captured, so the fast paths cannot drift from the
+eager one: on CPU a run is bit-for-bit reproducible, and on CUDA the graphed iteration replays
+the operations of the eager one (see tests/test_engine.py for the documented tolerance).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lth.config import ConfigError, TrainConfig
+from lth.data import to_float
+from lth.masks import MaskApplier
+
+StateDict = dict[str, torch.Tensor]
+OPTIMIZER_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def use_graphs(engine: str, device: torch.device) -> bool:
+    """Whether `train.engine` means CUDA graphs on this device ("auto": yes on CUDA)."""
+    if engine == "graph" and device.type != "cuda":
+        raise ConfigError(f"train.engine: 'graph' needs a CUDA device, this run is on {device}; use 'auto' or 'eager'")
+    return engine == "graph" or (engine == "auto" and device.type == "cuda")
+
+
+@contextmanager
+def numerics(tf32: bool, device: torch.device) -> Iterator[None]:
+    """TF32 for CUDA matmuls and convolutions as `train.tf32` says, and cuDNN's autotuner on
+    CUDA; the global flags are restored afterwards. No effect on CPU arithmetic."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
+    """Adam with Keras' epsilon (1e-7, not PyTorch's 1e-8); a fresh one every round.
+
+    CPU: the multi-tensor (foreach) kernels. CUDA: the fused kernel, capturable when the step
+    is graphed (its step counter then lives on the GPU).
+    """
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    if device.type == "cuda":
+        return torch.optim.Adam(params, fused=True, capturable=capturable, **kwargs)
+    return torch.optim.Adam(params, foreach=True, **kwargs)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load a saved Adam state into an optimizer that may run another kernel (a CPU-saved state
+    resumed on a graphed GPU step, say): the saved state keeps its numbers, this optimizer keeps
+    its implementation flags."""
+    groups = [
+        {**saved, **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
+        for saved, mine in zip(state["param_groups"], optimizer.param_groups)
+    ]
+    optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
+
+
+def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy (what checkpoints store, whatever the training layout)."""
+    return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+
+
+class ModuleEngine:
+    """One study: its module trained in place."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
+        self.k = 1
+        self.channels_last = cfg.channels_last and device.type == "cpu"
+        self.model = model.to(device).train()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(model.parameters(), cfg, device, capturable)
+        self.remask = MaskApplier(model, masks)
+        self.remask()
+        self.loss_sum = torch.zeros(1, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(1, device=device, dtype=torch.int64)
+
+    def _input(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        x = to_float(images_uint8)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One iteration on a [1, B] batch; gradients must be unset (or the graph's own)."""
+        x, y = images[0], labels[0]
+        logits = self.model(self._input(x))
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        self.remask()
+        with torch.no_grad():
+            self.loss_sum += loss.detach().double() * y.shape[0]
+            self.correct += (logits.argmax(1) == y).sum()
+
+    def state(self, k: int = 0) -> StateDict:
+        return {name: host_copy(v) for name, v in self.model.state_dict().items()}
+
+    def optimizer_state(self, k: int = 0) -> dict[str, Any]:
+        full = self.optimizer.state_dict()
+        state = {pid: {key: host_copy(v) for key, v in entry.items()} for pid, entry in full["state"].items()}
+        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+    def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        self.model.load_state_dict(states[0])
+        self.remask()
+
+    def load_optimizer(self, states: Sequence[Mapping[str, Any]]) -> None:
+        load_optimizer_state(self.optimizer, states[0])
+
+    @torch.inference_mode()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
+        """Mean cross-entropy and accuracy over a split, in large batches, one host sync."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
+        correct = torch.zeros((), device=images.device, dtype=torch.int64)
+        for start in range(0, images.shape[0], batch_size):
+            y = labels[start : start + batch_size]
+            logits = self.model(self._input(images[start : start + batch_size]))
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+        self.model.train()
+        n = images.shape[0]
+        return [(float(loss_sum) / n, int(correct) / n)]
+
+    def write_back(self, models: Sequence[nn.Module]) -> None:
+        """The module was trained in place; only its layout goes back to the default."""
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+
+
+class StackedEngine:
+    """K studies of one architecture in one stacked, vmapped model."""
+
+    def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
+        first = models[0]
+        if any(True for _ in first.buffers()):
+            raise ValueError("training studies together needs a model without buffers (no batch norm)")
+        if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
+            raise ValueError("studies trained together must use the same model")
+        if len({frozenset(m) for m in masks}) != 1:
+            raise ValueError("studies trained together must prune the same tensors")
+        self.k = len(models)
+        self.names = [name for name, _ in first.named_parameters()]
+        members = [dict(m.named_parameters()) for m in models]
+        self.params = {
+            name: torch.stack([p[name].detach().to(device) for p in members]).requires_grad_()
+            for name in self.names
+        }
+        masked = list(masks[0])
+        self.masked = [self.params[name] for name in masked]
+        self.factors = [torch.stack([m[name] for m in masks]).to(device=device, dtype=self.params[name].dtype) for name in masked]
+        self.template = copy.deepcopy(first).to("meta")
+        self.optimizer = make_optimizer(self.params.values(), cfg, device, capturable)
+        self.loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(self.k, device=device, dtype=torch.int64)
+
+        def call(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self.template, params, (x,))
+
+        self.forward = torch.func.vmap(call, in_dims=(0, 0))
+        self.forward_shared = torch.func.vmap(call, in_dims=(0, None))  # one split, K models
+        self.remask()
+
+    @torch.no_grad()
+    def remask(self) -> None:
+        if self.masked:
+            torch._foreach_mul_(self.masked, self.factors)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One iteration on a [K, B] batch: each study's mean loss, summed, so that every
+        study's gradient is its own."""
+        logits = self.forward(self.params, to_float(images))
+        losses = torch.func.vmap(F.cross_entropy)(logits, labels)
+        losses.sum().backward()
+        self.optimizer.step()
+        self.remask()
+        with torch.no_grad():
+            self.loss_sum += losses.detach().double() * labels.shape[1]
+            self.correct += (logits.argmax(-1) == labels).sum(1)
+
+    def state(self, k: int) -> StateDict:
+        return {name: host_copy(self.params[name][k]) for name in self.names}
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        """Study k's slice, in the format a single study's Adam saves."""
+        full = self.optimizer.state_dict()
+        state = {
+            pid: {key: host_copy(v if key == "step" else v[k]) for key, v in entry.items()}
+            for pid, entry in full["state"].items()
+        }
+        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+    @torch.no_grad()
+    def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
+        for name in self.names:
+            self.params[name].copy_(torch.stack([s[name] for s in states]))
+        self.remask()
+
+    def load_optimizer(self, states: Sequence[Mapping[str, Any]]) -> None:
+        steps = {float(s["state"][pid]["step"]) for s in states for pid in s["state"]}
+        if len(steps) > 1:
+            raise ValueError("studies trained together must resume from the same iteration")
+        first = states[0]
+        stacked = {
+            pid: {
+                key: v if key == "step" else torch.stack([s["state"][pid][key] for s in states])
+                for key, v in entry.items()
+            }
+            for pid, entry in first["state"].items()
+        }
+        load_optimizer_state(self.optimizer, {"state": stacked, "param_groups": first["param_groups"]})
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
+        loss_sum = torch.zeros(self.k, device=images.device, dtype=torch.float64)
+        correct = torch.zeros(self.k, device=images.device, dtype=torch.int64)
+        for start in range(0, images.shape[0], batch_size):
+            y = labels[start : start + batch_size]
+            logits = self.forward_shared(self.params, to_float(images[start : start + batch_size]))
+            loss_sum += torch.func.vmap(lambda out: F.cross_entropy(out, y, reduction="sum"))(logits).double()
+            correct += (logits.argmax(-1) == y).sum(1)
+        n = images.shape[0]
+        return [(s / n, c / n) for s, c in zip(loss_sum.tolist(), correct.tolist())]
+
+    def write_back(self, models: Sequence[nn.Module]) -> None:
+        """Leave each study's module holding its stacked slice (the final weights)."""
+        for k, model in enumerate(models):
+            model.load_state_dict(self.state(k))
+
+
+Engine = ModuleEngine | StackedEngine
+
+
+def eager_step(engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, idx: torch.Tensor) -> None:
+    """One iteration on the batches `idx` ([K, B] indices into the training set)."""
+    engine.zero_grad()
+    engine.body(train_x[idx], train_y[idx])
+
+
+class GraphedStep:
+    """An engine's iteration replayed as one CUDA graph.
+
+    The first `WARMUP` full batches of a round run eagerly on a side stream (they are real
+    iterations: they create Adam's state and let cuDNN pick its kernels), the next is captured
+    and then every full batch replays it. A partial last batch runs eagerly. Capture records
+    without executing, so the captured iteration is replayed right after capture.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, batch_size: int) -> None:
+        self.engine, self.train_x, self.train_y = engine, train_x, train_y
+        self.idx = torch.zeros((engine.k, batch_size), dtype=torch.long, device=train_x.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        if idx.shape != self.idx.shape:
+            eager_step(self.engine, self.train_x, self.train_y, idx)
+            return
+        if self.graph is None and self.warm < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                eager_step(self.engine, self.train_x, self.train_y, idx)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+            return
+        if self.graph is None:
+            self.graph = self._capture()
+        self.idx.copy_(idx)
+        self.graph.replay()
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        # Unset gradients: backward inside the capture allocates them from the graph's pool,
+        # so every replay overwrites (never accumulates) them.
+        self.engine.zero_grad()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.engine.body(self.train_x[self.idx], self.train_y[self.idx])
+        return graph

@@ -1,0 +1,188 @@
+"""The engines behind the one training loop: stacked K-way training, channels-last, optimizer
+state portability, and the execution settings' place in the config. GPU-only behaviour (CUDA
+graphs) is in test_gpu.py; everything here runs on the CPU on real CIFAR-10 slices."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lth import config as cfgmod
+from lth.data import load_splits, to_float
+from lth.engine import ModuleEngine, StackedEngine, load_optimizer_state, make_optimizer, numerics, use_graphs
+from lth.masks import full_masks
+from lth.models import build_model, prunable_names
+from lth.train import Member, train_rounds
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def splits(data_root):
+    return load_splits(data_root, "cpu", train_size=120, val_size=100, test_size=100)
+
+
+def short_train(**overrides: str) -> cfgmod.TrainConfig:
+    base = {"train.steps": "12", "train.eval_every": "6", "train.batch_size": "20", "train.lr": "1e-3"}
+    return cfgmod.apply_overrides(cfgmod.preset("quick"), {**base, **overrides}).train
+
+
+def members(seeds=(0, 1)) -> list[Member]:
+    """Studies with different θ0 and data orders; the second has half of one layer pruned."""
+    out = []
+    for seed in seeds:
+        model = build_model("seed-cnn", seed)
+        masks = full_masks(model, prunable_names(model))
+        if seed % 2:
+            masks["features.2.weight"] = torch.rand(masks["features.2.weight"].shape, generator=torch.Generator().manual_seed(seed)) > 0.5
+        out.append(Member(model, masks, data_seed=100 + seed))
+    return out
+
+
+def test_stacked_gradients_are_each_studys_own(splits):
+    """One backward through the vmapped K-way model gives every study the gradient it would
+    get alone (to float32 rounding: vmap runs the convolutions grouped)."""
+    cfg = short_train()
+    solo = [build_model("seed-cnn", s) for s in (0, 1)]
+    stacked = StackedEngine([copy.deepcopy(m) for m in solo], [full_masks(m, prunable_names(m)) for m in solo], cfg, CPU)
+    idx = torch.stack([torch.arange(20), torch.arange(20, 40)])
+    x, y = splits.train_x[idx], splits.train_y[idx]
+    losses = torch.func.vmap(F.cross_entropy)(stacked.forward(stacked.params, to_float(x)), y)
+    losses.sum().backward()
+    for k, model in enumerate(solo):
+        loss = F.cross_entropy(model(to_float(x[k])), y[k])
+        loss.backward()
+        assert math.isclose(loss.item(), losses[k].item(), rel_tol=1e-6)
+        for name, p in model.named_parameters():
+            got = stacked.params[name].grad[k]
+            assert (got - p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-12, name
+
+
+def test_stacked_round_matches_separate_rounds_and_keeps_masks(splits):
+    cfg = short_train()
+    together = train_rounds(members(), splits, cfg, round_index=1)
+    alone = [train_rounds([m], splits, cfg, round_index=1)[0] for m in members()]
+    mask = members()[1].masks["features.2.weight"]
+    assert torch.count_nonzero(together[1].final["features.2.weight"][~mask]) == 0
+    assert torch.count_nonzero(together[1].best["features.2.weight"][~mask]) == 0
+    for t, a in zip(together, alone):
+        assert [h["step"] for h in t.history] == [h["step"] for h in a.history] == [6, 12]
+        for ht, ha in zip(t.history, a.history):
+            assert math.isclose(ht["train_loss"], ha["train_loss"], rel_tol=5e-3)
+            assert math.isclose(ht["val_loss"], ha["val_loss"], rel_tol=5e-3)
+        assert sorted(t.final) == sorted(a.final)
+
+
+def test_stacked_round_is_deterministic_and_writes_back_each_model(splits):
+    cfg = short_train()
+    first, again = members(), members()
+    a = train_rounds(first, splits, cfg, round_index=1)
+    b = train_rounds(again, splits, cfg, round_index=1)
+    for x, y, m in zip(a, b, first):
+        assert all(torch.equal(x.final[k], y.final[k]) for k in x.final)
+        assert x.history == [{**h, "seconds": x.history[i]["seconds"]} for i, h in enumerate(y.history)]
+        assert all(torch.equal(x.final[k], v) for k, v in m.model.state_dict().items())  # model left at final
+
+
+def test_stacked_resume_is_bit_identical(splits):
+    """Resuming K studies from their saved per-study states (the format a single study saves)
+    continues exactly as the uninterrupted K-way round."""
+    cfg = short_train()
+    saved: dict[int, object] = {}
+
+    def keep(k):
+        def on_eval(state):
+            if state.steps_done == 6:
+                saved[k] = copy.deepcopy(state)
+        return on_eval
+
+    first = members()
+    for k, m in enumerate(first):
+        m.on_eval = keep(k)
+    whole = train_rounds(first, splits, cfg, round_index=1)
+    single = ModuleEngine(build_model("seed-cnn", 0), full_masks(build_model("seed-cnn", 0), prunable_names(build_model("seed-cnn", 0))), cfg, CPU)
+    reference = single.optimizer_state()
+    assert sorted(saved[0].optimizer["state"]) == sorted(range(len(list(single.model.parameters()))))
+    assert saved[0].optimizer["param_groups"][0]["params"] == reference["param_groups"][0]["params"]
+
+    again = members()
+    for k, m in enumerate(again):
+        m.model.load_state_dict(saved[k].model)
+        m.resume = saved[k]
+    resumed = train_rounds(again, splits, cfg, round_index=1)
+    for w, r in zip(whole, resumed):
+        assert all(torch.equal(w.final[k], r.final[k]) for k in w.final)
+        assert w.best_step == r.best_step
+
+
+def test_members_at_different_positions_are_refused(splits):
+    cfg = short_train()
+    saved = {}
+    alone = members((0,))[0]
+    alone.on_eval = lambda state: saved.setdefault("state", copy.deepcopy(state))
+    train_rounds([alone], splits, cfg, 1)
+    group = members()
+    group[0].resume = saved["state"]  # one study at step 6, the other fresh
+    with pytest.raises(ValueError, match="same iteration"):
+        train_rounds(group, splits, cfg, 1)
+
+
+def test_channels_last_engine_trains_like_nchw_and_stores_contiguous(splits):
+    cfg_cl = short_train(**{"train.channels_last": "true"})
+    a = train_rounds(members((0,)), splits, cfg_cl, 1)[0]
+    b = train_rounds(members((0,)), splits, short_train(), 1)[0]
+    assert all(v.is_contiguous() for v in a.final.values())
+    for ha, hb in zip(a.history, b.history):
+        assert math.isclose(ha["val_loss"], hb["val_loss"], rel_tol=5e-3)
+
+
+def test_optimizer_state_moves_between_adam_implementations():
+    """A state saved by the multi-tensor Adam loads into a single-tensor (or fused/capturable
+    GPU) Adam: the numbers travel, each optimizer keeps its own kernel flags."""
+    model = build_model("seed-cnn", 0)
+    cfg = cfgmod.preset("seed").train
+    opt = make_optimizer(model.parameters(), cfg, CPU)
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    other = torch.optim.Adam(build_model("seed-cnn", 0).parameters(), lr=cfg.lr, foreach=False)
+    load_optimizer_state(other, opt.state_dict())
+    assert other.param_groups[0]["foreach"] is False and other.param_groups[0]["eps"] == cfg.eps
+    first = next(iter(opt.state.values()))
+    loaded = next(iter(other.state.values()))
+    assert torch.equal(first["exp_avg"], loaded["exp_avg"]) and float(loaded["step"]) == 1.0
+
+
+def test_execution_settings_stay_out_of_the_hash_and_tf32_is_in():
+    base = cfgmod.preset("seed")
+    assert base.train.tf32 and base.train.engine == "auto" and not base.train.channels_last
+    for key, value in (("train.engine", "eager"), ("train.channels_last", "true"), ("device", "cpu")):
+        assert cfgmod.config_hash(cfgmod.apply_overrides(base, {key: value})) == cfgmod.config_hash(base), key
+    assert cfgmod.config_hash(cfgmod.apply_overrides(base, {"train.tf32": "false"})) != cfgmod.config_hash(base)
+    with pytest.raises(cfgmod.ConfigError, match="train.engine"):
+        cfgmod.apply_overrides(base, {"train.engine": "turbo"})
+
+
+def test_graph_engine_needs_cuda_and_auto_is_eager_on_cpu():
+    assert use_graphs("auto", CPU) is False and use_graphs("eager", CPU) is False
+    with pytest.raises(cfgmod.ConfigError, match="needs a CUDA device"):
+        use_graphs("graph", CPU)
+
+
+def test_numerics_sets_and_restores_the_tf32_flags():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    with numerics(False, CPU):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    with numerics(True, torch.device("cuda")):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) == before
+
+
+def test_stacking_refuses_different_models():
+    cfg = short_train()
+    a, b = build_model("seed-cnn", 0), build_model("conv2", 0)
+    with pytest.raises(ValueError, match="same model"):
+        StackedEngine([a, b], [full_masks(a, prunable_names(a)), full_masks(b, prunable_names(b))], cfg, CPU)
