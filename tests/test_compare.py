@@ -111,3 +111,16 @@ def test_show_side_by_side(study, capsys):
     assert main(["show", str(result.study_dir)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[0] == "round" and "high-movement_init/seed-0" in lines[0] and len(lines) == 3
+
+
+def test_parallel_comparison_batches_cells_through_the_executor(study, data_root, tmp_path):
+    """--parallel 2: the two seeds of each variant train together (one executor call per
+    batch); the matched random cells still wait for and copy their high-movement tickets."""
+    executor = CountingExecutor()
+    result = compare.run_comparison(SPEC, tmp_path / "par", data_dir=data_root, executor=executor, progress=False, report=False, log=lambda _: None, parallel=2)
+    assert executor.submitted == 2 and len(result.ran) == 4
+    for seed in (0, 1):
+        ticket = RunDir(tmp_path / "par" / "high-movement_init" / f"seed-{seed}")
+        control = RunDir(tmp_path / "par" / "random_init_matched" / f"seed-{seed}")
+        assert len(read_rounds_csv(control.rounds)) == 2
+        assert count_kept(load_tensors(control.mask(1))) == count_kept(load_tensors(ticket.mask(1)))
