@@ -436,16 +436,23 @@ def _train_together(opened: list[tuple[_Study, list[dict[str, Any]]]], progress:
                 n_train = study0.splits.train_x.shape[0]
                 first = plans[members[0]]
                 bars.start_round(r, round_length(config0.train, n_train, r), first.member.resume.steps_done if first.member.resume else 0)
-                lead = first.member.on_eval
-                first.member.on_eval = lambda state, lead=lead: (lead(state), bars.end_eval(state.history[-1]))
+                persist = first.member.on_eval
+                assert persist is not None
+
+                def on_eval(state: RoundState, persist: Callable[[RoundState], None] = persist) -> None:
+                    persist(state)
+                    bars.end_eval(state.history[-1])  # one bar for the group, driven by its first study
+
+                first.member.on_eval = on_eval
+                for i in members:
+                    plans[i].started = time.perf_counter()  # a group's time is its own
                 study0.meter.start()
                 outcomes = train_rounds([plans[i].member for i in members], study0.splits, config0.train, r)
                 energy = study0.meter.stop().share(len(members))
                 for i, outcome in zip(members, outcomes):
                     study, rows = at_r[i]
                     _commit_round(study, rows, study.finish_round(plans[i], outcome, energy))
-                    row = dict(rows[-1])
-                    bars.end_round(row, study.config.prune.rounds + 1, label=f"{study.config.name} seed {study.config.seed}")
+                    bars.end_round(rows[-1], study.config.prune.rounds + 1, label=f"{study.config.name} seed {study.config.seed}")
     finally:
         bars.close()
 
