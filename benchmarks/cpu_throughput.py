@@ -12,6 +12,8 @@ noisy machine hits every contender alike; medians are printed.
 - plain eager: the textbook loop on a pre-scaled float32 tensor, no masks, no validation.
 - lth engine: `train_rounds` as a study runs it: uint8 → float per batch, re-mask after every
   step, one validation pass per epoch (100 images), best-weight bookkeeping.
+- 2 studies trained together (the stacked engine behind `--parallel`): images/s summed over
+  both, against one study alone (on a CPU, stacking adds no compute, so ~1× is the best case).
 - loop overhead: lth's epoch wall time / (iterations × the pure step time), where the pure
   step is forward + backward + Adam on one fixed batch, timed in a tight loop right after each
   lth epoch; the median of the per-repeat ratios.
@@ -113,14 +115,17 @@ def plain_epoch(x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
     return x.shape[0] / (time.perf_counter() - started)
 
 
-def lth_epoch(splits, cfg: cfgmod.TrainConfig) -> tuple[float, float]:
-    """Images/s and wall seconds of one lth epoch (validation included)."""
-    model = build_model("seed-cnn", 0)
-    member = Member(model, full_masks(model, prunable_names(model)), data_seed=0)
+def lth_epoch(splits, cfg: cfgmod.TrainConfig, studies: int = 1) -> tuple[float, float]:
+    """Training images/s (summed over the studies) and wall seconds of one lth epoch of
+    `studies` studies trained together (validation included)."""
+    members = []
+    for seed in range(studies):
+        model = build_model("seed-cnn", seed)
+        members.append(Member(model, full_masks(model, prunable_names(model)), data_seed=seed))
     started = time.perf_counter()
-    train_rounds([member], splits, cfg, round_index=0)
+    train_rounds(members, splits, cfg, round_index=0)
     seconds = time.perf_counter() - started
-    return splits.train_x.shape[0] / seconds, seconds
+    return studies * splits.train_x.shape[0] / seconds, seconds
 
 
 def pure_step_seconds(x: torch.Tensor, y: torch.Tensor, channels_last: bool, steps: int = 12) -> float:
@@ -176,6 +181,7 @@ def main() -> None:
     results: dict[str, list[float]] = {"Keras/TensorFlow": [], "plain eager PyTorch": [], **{k: [] for k in variants}}
     epoch_seconds: dict[str, list[float]] = {k: [] for k in variants}
     pure: dict[str, list[float]] = {k: [] for k in variants}
+    stacked: list[float] = []
     for _ in range(args.repeats):
         if keras is not None:  # the Keras worker trains while this process waits
             keras.stdin.write("go\n")
@@ -187,6 +193,7 @@ def main() -> None:
             results[name].append(rate)
             epoch_seconds[name].append(seconds)
             pure[name].append(pure_step_seconds(x[: args.batch], y[: args.batch], cfg.channels_last))
+        stacked.append(lth_epoch(splits, base, studies=2)[0])
     if keras is not None:
         keras.stdin.close()
         tail = keras.stdout.read().strip().splitlines()
@@ -213,6 +220,9 @@ def main() -> None:
         print(f"{name:<30}{rate:>13.1f}{vs_keras:>10}{rate / plain:>10.2f}{best:>12.1f}{best_vs:>20}")
     if keras_rates:
         print(f"Keras epochs: {', '.join(f'{r:.0f}' for r in keras_rates)} img/s")
+    if stacked:
+        rate = statistics.median(stacked)
+        print(f"2 studies trained together (--parallel 2): {rate:.1f} img/s summed over both, {rate / statistics.median(results['lth engine']):.2f}× one study alone")
     if versions:
         print(f"Keras baseline: {versions}")
     print()

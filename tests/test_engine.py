@@ -186,3 +186,52 @@ def test_stacking_refuses_different_models():
     a, b = build_model("seed-cnn", 0), build_model("conv2", 0)
     with pytest.raises(ValueError, match="same model"):
         StackedEngine([a, b], [full_masks(a, prunable_names(a)), full_masks(b, prunable_names(b))], cfg, CPU)
+
+
+class _RecordedGraph:
+    """A CPU stand-in for a CUDA graph with the semantics `GraphedStep` relies on: capture
+    records the iteration without running it; replay runs it again, its backward writing fresh
+    gradients (a captured backward that started from unset gradients overwrites its gradient
+    buffers on every replay, it never accumulates into them)."""
+
+    def __init__(self, fn, params):
+        self.fn, self.params = fn, list(params)
+
+    def replay(self):
+        for p in self.params:
+            p.grad = None
+        self.fn()
+
+
+def test_graphed_step_control_flow_matches_eager_steps(splits, monkeypatch):
+    """GraphedStep's CPU-side logic with the CUDA calls replaced by a recording stand-in:
+    3 eager warm-up iterations, one capture with gradients unset, then replays that read the
+    static index buffer, and partial batches run eagerly — bit-identical to plain eager steps."""
+    from contextlib import nullcontext
+
+    from lth import engine as engine_mod
+
+    grads_at_capture = []
+
+    def fake_capture(fn):
+        grads_at_capture.append([p.grad for p in graphed.model.parameters()])
+        return _RecordedGraph(fn, graphed.model.parameters())
+
+    monkeypatch.setattr(engine_mod, "capture", fake_capture)
+    monkeypatch.setattr(engine_mod, "side_stream", nullcontext)
+    cfg = short_train()
+    model = build_model("seed-cnn", 1)
+    masks = members((1,))[0].masks
+    eager = ModuleEngine(copy.deepcopy(model), masks, cfg, CPU)
+    graphed = ModuleEngine(copy.deepcopy(model), masks, cfg, CPU)
+    step = engine_mod.GraphedStep(graphed, splits.train_x, splits.train_y, cfg.batch_size)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(9):
+        size = 7 if i == 6 else cfg.batch_size  # one partial batch after the capture
+        idx = torch.randint(0, 120, (1, size), generator=gen)
+        engine_mod.eager_step(eager, splits.train_x, splits.train_y, idx)
+        step(idx)
+        assert (step.graph is None) == (i < engine_mod.GraphedStep.WARMUP)
+    assert len(grads_at_capture) == 1 and all(g is None for g in grads_at_capture[0])
+    assert torch.equal(eager.loss_sum, graphed.loss_sum) and torch.equal(eager.correct, graphed.correct)
+    assert all(torch.equal(a, b) for a, b in zip(eager.state().values(), graphed.state().values()))

@@ -116,7 +116,7 @@ def test_rounds_csv_consistent_with_masks_and_metrics(run):
 def test_best_weights_reproduce_recorded_validation_loss(run, data_root):
     """The saved best checkpoint is the one whose validation loss the table reports."""
     from lth.data import load_splits
-    from lth.train import evaluate
+    from lth.engine import evaluate_model as evaluate
 
     rows = read_rounds_csv(run.rounds)
     splits = load_splits(data_root, "cpu", train_size=1, val_size=100, test_size=1)

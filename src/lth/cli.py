@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import sys
 from pathlib import Path
-from typing import Any
 
 from lth import config as cfgmod
 from lth.config import ConfigError

@@ -22,7 +22,7 @@ the operations of the eager one (see tests/test_engine.py for the documented tol
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -87,6 +87,25 @@ def host_copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
 
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                   prepare: Callable[[torch.Tensor], torch.Tensor] = to_float) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` over a uint8 split, in large batches, with
+    one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
+    correct = torch.zeros((), device=images.device, dtype=torch.int64)
+    for start in range(0, images.shape[0], batch_size):
+        y = labels[start : start + batch_size]
+        logits = model(prepare(images[start : start + batch_size]))
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = images.shape[0]
+    return float(loss_sum) / n, int(correct) / n
+
+
 class ModuleEngine:
     """One study: its module trained in place."""
 
@@ -136,20 +155,8 @@ class ModuleEngine:
     def load_optimizer(self, states: Sequence[Mapping[str, Any]]) -> None:
         load_optimizer_state(self.optimizer, states[0])
 
-    @torch.inference_mode()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
-        """Mean cross-entropy and accuracy over a split, in large batches, one host sync."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
-        correct = torch.zeros((), device=images.device, dtype=torch.int64)
-        for start in range(0, images.shape[0], batch_size):
-            y = labels[start : start + batch_size]
-            logits = self.model(self._input(images[start : start + batch_size]))
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-        self.model.train()
-        n = images.shape[0]
-        return [(float(loss_sum) / n, int(correct) / n)]
+        return [evaluate_model(self.model, images, labels, batch_size, self._input)]
 
     def write_back(self, models: Sequence[nn.Module]) -> None:
         """The module was trained in place; only its layout goes back to the default."""
@@ -291,23 +298,33 @@ class GraphedStep:
             eager_step(self.engine, self.train_x, self.train_y, idx)
             return
         if self.graph is None and self.warm < self.WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with side_stream():
                 eager_step(self.engine, self.train_x, self.train_y, idx)
-            torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
             return
         if self.graph is None:
-            self.graph = self._capture()
+            # Unset gradients: backward inside the capture allocates them from the graph's
+            # pool, so every replay overwrites (never accumulates) them.
+            self.engine.zero_grad()
+            self.graph = capture(lambda: self.engine.body(self.train_x[self.idx], self.train_y[self.idx]))
         self.idx.copy_(idx)
         self.graph.replay()
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        # Unset gradients: backward inside the capture allocates them from the graph's pool,
-        # so every replay overwrites (never accumulates) them.
-        self.engine.zero_grad()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.engine.body(self.train_x[self.idx], self.train_y[self.idx])
-        return graph
+
+@contextmanager
+def side_stream() -> Iterator[None]:
+    """Run the enclosed work on a fresh CUDA stream ordered after (and before) the current one,
+    as warm-up before a capture must."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream().wait_stream(side)
+
+
+def capture(fn: Callable[[], None]) -> torch.cuda.CUDAGraph:
+    """Record `fn`'s kernels as a CUDA graph (recording does not execute them)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph

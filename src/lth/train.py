@@ -19,12 +19,11 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lth.config import TrainConfig
-from lth.data import Splits, to_float
-from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, eager_step, host_copy, numerics, use_graphs
+from lth.data import Splits
+from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, eager_step, numerics, use_graphs
 
 StateDict = dict[str, torch.Tensor]
 
@@ -39,29 +38,6 @@ def epoch_order(n: int, data_seed: int, round_index: int, epoch: int, device: to
     """The training-set permutation for one epoch, a pure function of its coordinates."""
     gen = torch.Generator().manual_seed(derive_seed(data_seed, "order", round_index, epoch))
     return torch.randperm(n, generator=gen).to(device)
-
-
-def cpu_state(model: nn.Module) -> StateDict:
-    """A detached CPU copy of the model's weights (what checkpoints and pruning read)."""
-    return {k: host_copy(v) for k, v in model.state_dict().items()}
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a split, in large batches, one host sync at the end."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
-    correct = torch.zeros((), device=images.device, dtype=torch.int64)
-    for start in range(0, images.shape[0], batch_size):
-        x = to_float(images[start : start + batch_size])
-        y = labels[start : start + batch_size]
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-    model.train(was_training)
-    n = images.shape[0]
-    return float(loss_sum) / n, int(correct) / n
 
 
 @dataclass
