@@ -439,7 +439,7 @@ def _train_together(opened: list[tuple[_Study, list[dict[str, Any]]]], progress:
                 study0, config0 = at_r[members[0]][0], at_r[members[0]][0].config
                 n_train = study0.splits.train_x.shape[0]
                 first = plans[members[0]]
-                bars.start_round(r, round_length(config0.train, n_train, r), first.member.resume.steps_done if first.member.resume else 0)
+                bars.start_round(r, round_length(config0.train, n_train, r), first.member.resume.steps_done if first.member.resume else 0, len(members))
                 persist = first.member.on_eval
                 assert persist is not None
 

@@ -20,10 +20,11 @@ class Progress:
         self.rounds = tqdm(total=total_rounds, desc="rounds", unit="round", disable=self.enabled, position=0, file=sys.stderr)
         self.epochs: Any = None
 
-    def start_round(self, round_index: int, steps: int, steps_done: int) -> None:
+    def start_round(self, round_index: int, steps: int, steps_done: int, studies: int = 1) -> None:
         """The inner bar counts iterations; it moves at every evaluation (each epoch by default)."""
+        together = f" ({studies} studies)" if studies > 1 else ""
         self.epochs = tqdm(
-            total=steps, initial=steps_done, desc=f"round {round_index}", unit="step",
+            total=steps, initial=steps_done, desc=f"round {round_index}{together}", unit="step",
             disable=self.enabled, position=1, leave=False, file=sys.stderr,
         )
 
