@@ -3,7 +3,6 @@ random tickets matched to another run, replicates and same-seed reproducibility.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -13,7 +12,7 @@ import lth.experiment as experiment
 from conftest import strip_timing, tiny_config
 from lth import config as cfgmod
 from lth.experiment import rewind_weights, run_replicates, run_study
-from lth.masks import apply_masks_, count_kept
+from lth.masks import count_kept
 from lth.models import build_model, layer_types
 from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
 
