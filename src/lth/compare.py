@@ -243,7 +243,6 @@ def run_comparison(
     executor = executor or SequentialExecutor()
     result = CompareResult(study)
     data = None if data_dir is None else str(data_dir)
-    pending: list[concurrent.futures.Future] = []
     for wave in (False, True):  # cells that copy another ticket wait for the first wave
         todo = []
         for cell in (c for c in cells if (c.depends_on is not None) == wave):

@@ -57,8 +57,6 @@ from lth.train import Member, RoundOutcome, RoundState, derive_seed, round_lengt
 RESUME_SAVE_SECONDS = 30.0
 
 
-
-
 @dataclass
 class StudyResult:
     run_dir: Path
@@ -112,6 +110,13 @@ def _locked(run: RunDir) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)
             if not any(run.root.iterdir()):
                 run.root.rmdir()
+
+
+def _clear_run_dir(run: RunDir) -> None:
+    """`--force`: empty a (locked) run directory, keeping only the lock we hold."""
+    for child in run.root.iterdir():
+        if child.name != ".lock":
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _prepare(run: RunDir, config: Config, resume: bool, force: bool) -> None:
@@ -190,9 +195,7 @@ def run_study(
     use_graphs(config.train.engine, device)  # refuse "graph" on a CPU before writing anything
     with _locked(run):
         if force and is_run_dir(run.root):
-            for child in run.root.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            _clear_run_dir(run)
         return _run_locked(run, config, device, data_dir, progress)
 
 
@@ -411,9 +414,7 @@ def run_parallel(
             stack.enter_context(_locked(run))
         for run in runs:
             if force and is_run_dir(run.root):
-                for child in run.root.iterdir():
-                    if child.name != ".lock":
-                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                _clear_run_dir(run)
         splits = _load_splits(configs[0], data_dir, device)
         opened = [_open_study(run, c, splits) for run, c in zip(runs, configs)]
         _train_together(opened, progress)
