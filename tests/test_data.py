@@ -213,6 +213,21 @@ def test_resolve_data_dir_precedence(monkeypatch, tmp_path):
     assert resolve_data_dir(str(tmp_path / "arg")) == tmp_path / "arg"
 
 
+def test_resolve_data_dir_makes_relative_paths_absolute_where_read(monkeypatch, tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("LTH_DATA_DIR", os.path.join("rel", "data"))
+    from_env = resolve_data_dir()
+    from_arg = resolve_data_dir(Path("arg") / ".." / "argdir")
+    monkeypatch.chdir(elsewhere)
+    assert from_env.is_absolute() and from_arg.is_absolute()
+    assert from_env == here.resolve() / "rel" / "data"
+    assert from_arg == here.resolve() / "argdir"
+    assert resolve_data_dir() == elsewhere.resolve() / "rel" / "data"  # read again: read at the new cwd
+
+
 def test_find_batches_dir_accepts_root_or_dir_and_rejects_incomplete(tmp_path):
     batches = make_batches_dir(tmp_path / BATCHES_DIRNAME)
     assert find_batches_dir(tmp_path) == batches

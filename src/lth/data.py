@@ -1,9 +1,7 @@
 """CIFAR-10: find, download, verify, load and split (DESIGN §1 "Data", §7).
 
-The data set lives in the official python-batch layout (``cifar-10-batches-py``). Everything
-that touches the disk or the network sits in a few edge functions (``ensure_cifar10``,
-``load_batch``); splitting and slicing are pure. Images stay uint8 until they are on the
-training device, where ``to_float`` scales them, so only a quarter of the bytes cross to it.
+Disk and network stay in ``ensure_cifar10`` and ``load_batch``; splitting and slicing are pure.
+Images stay uint8 until ``to_float`` runs on the training device, so a quarter of the bytes cross.
 """
 
 from __future__ import annotations
@@ -26,6 +24,11 @@ import platformdirs
 import torch
 from tqdm import tqdm
 
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCHES_DIRNAME = "cifar-10-batches-py"
@@ -42,7 +45,6 @@ ROW_SIZE = 3 * 32 * 32
 ROWS_PER_BATCH = 10_000
 VAL_SIZE = 5_000
 
-_CHUNK = 1 << 20
 _TMP_PREFIX = ".lth-cifar10-"
 
 
@@ -50,113 +52,70 @@ class DataError(Exception):
     """A data problem the user can fix; the message is one line naming the file and the fix."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
-
-
-def _one_line(text: object) -> str:
-    """Collapse whitespace so a message (or a wrapped exception's text) stays on one line."""
-    return " ".join(str(text).split())
-
-
-# --------------------------------------------------------------------------- locating
+        super().__init__(" ".join(str(message).split()))  # wrapped exception texts may span lines
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the data lives: the explicit argument, else $LTH_DATA_DIR, else the user cache.
+    """The data folder: the argument, else $LTH_DATA_DIR, else the per-user cache (one download per machine).
 
-    Offline machines point LTH_DATA_DIR at a shared copy; everyone else gets a per-user cache
-    so a download happens once per machine, not once per project checkout.
+    Made absolute here, where it is read, so a later chdir or a subprocess started elsewhere
+    cannot re-interpret a relative path against another working directory.
     """
-    if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_ENV_VAR, "")
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_cache_dir("lth")) / "data"
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get(DATA_ENV_VAR) or Path(platformdirs.user_cache_dir("lth")) / "data"
+    return Path(data_dir).expanduser().resolve()
 
 
-def _is_complete(directory: Path) -> bool:
-    return directory.is_dir() and all((directory / name).is_file() for name in REQUIRED_FILES)
+def _missing(directory: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
 
 
 def find_batches_dir(root: Path) -> Path | None:
-    """The complete batches dir under ``root`` (or ``root`` itself), else None.
+    """The complete batches dir under ``root`` or ``root`` itself (users point at either), else None."""
+    root = Path(root)
+    return next((d for d in (root / BATCHES_DIRNAME, root) if not _missing(d)), None)
 
-    Accepting both spellings lets users point at either the parent they downloaded into or the
-    extracted folder. Incomplete folders count as absent so they are never half-used.
+
+def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
+    """Return the batches dir under ``root``, downloading, MD5-checking and extracting it if needed.
+
+    Extraction goes to a temporary folder inside ``root``, moved into place with one ``os.rename``:
+    an interrupted run leaves either nothing or a complete folder.
     """
     root = Path(root)
-    for candidate in (root / BATCHES_DIRNAME, root):
-        if _is_complete(candidate):
-            return candidate
-    return None
-
-
-# --------------------------------------------------------------------------- download
-
-
-def ensure_cifar10(
-    root: Path,
-    download: bool = True,
-    url: str = CIFAR10_URL,
-    md5: str = CIFAR10_MD5,
-) -> Path:
-    """Return the batches dir under ``root``, downloading and extracting it if needed.
-
-    The archive is checked against its MD5 before it is opened, extracted into a temporary
-    folder inside ``root`` and moved into place with one ``os.rename``: an interrupted run
-    leaves either nothing or a complete folder, never a half-extracted tree.
-    """
-    root = Path(root)
-    found = find_batches_dir(root)
-    if found is not None:
+    if (found := find_batches_dir(root)) is not None:
         return found
     target = root / BATCHES_DIRNAME
     if target.exists():
-        missing = [n for n in REQUIRED_FILES if not (target / n).is_file()]
-        raise DataError(
-            f"{target} is incomplete (missing {', '.join(missing)}); "
-            "delete it to re-download, or point --data-dir / LTH_DATA_DIR at a complete copy"
-        )
+        raise DataError(f"{target} is incomplete (missing {', '.join(_missing(target))}); delete it to "
+                        f"re-download, or point --data-dir / {DATA_ENV_VAR} at a complete copy")
     if not download:
-        raise DataError(
-            f"CIFAR-10 not found in {root} (expected {BATCHES_DIRNAME}/ with {', '.join(REQUIRED_FILES)}); "
-            f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has it, or allow downloading"
-        )
+        raise DataError(f"CIFAR-10 not found in {root} (expected {BATCHES_DIRNAME}/ with {', '.join(REQUIRED_FILES)}); "
+                        f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has it, or allow downloading")
 
     root.mkdir(parents=True, exist_ok=True)
-    archive: Path | None = None
-    extract_dir: Path | None = None
+    fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tar.gz.part", dir=root)
+    os.close(fd)
+    archive, extract_dir = Path(name), None
     try:
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tar.gz.part", dir=root)
-        os.close(fd)
-        archive = Path(name)
         digest = _download(url, archive)
         if digest != md5.lower():
-            raise DataError(
-                f"MD5 mismatch for {url}: got {digest}, expected {md5}; "
-                "the download is corrupt or not CIFAR-10, retry or fetch it by hand"
-            )
+            raise DataError(f"MD5 mismatch for {url}: got {digest}, expected {md5}; "
+                            "the download is corrupt or not CIFAR-10, retry or fetch it by hand")
         extract_dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=".extract", dir=root))
         _safe_extract(archive, extract_dir, source=url)
         extracted = extract_dir / BATCHES_DIRNAME
-        if not _is_complete(extracted):
-            raise DataError(
-                f"archive from {url} has no complete {BATCHES_DIRNAME}/ folder; "
-                "check the URL points at the CIFAR-10 python archive"
-            )
+        if _missing(extracted):
+            raise DataError(f"archive from {url} has no complete {BATCHES_DIRNAME}/ folder; "
+                            "check the URL points at the CIFAR-10 python archive")
         try:
             os.rename(extracted, target)
         except OSError as exc:
-            # Another process may have finished the same download first: use its copy.
-            if not _is_complete(target):
-                raise DataError(
-                    f"cannot move the extracted data to {target}: {exc}; check that folder"
-                ) from exc
+            if _missing(target):  # else another process finished the same download first: use its copy
+                raise DataError(f"cannot move the extracted data to {target}: {exc}; check that folder") from exc
         return target
     finally:
-        if archive is not None:
-            archive.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
         if extract_dir is not None:
             shutil.rmtree(extract_dir, ignore_errors=True)
 
@@ -168,108 +127,80 @@ def _download(url: str, dest: Path) -> str:
         with urllib.request.urlopen(url) as response, open(dest, "wb") as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="Downloading CIFAR-10", disable=None, leave=False,
-            ) as bar:
-                while chunk := response.read(_CHUNK):
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc="Downloading CIFAR-10", disable=None, leave=False) as bar:
+                while chunk := response.read(1 << 20):
                     out.write(chunk)
                     md5.update(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataError(
-            f"could not download {url}: {exc}; check the network, or download the archive "
-            f"yourself and point --data-dir / {DATA_ENV_VAR} at the extracted folder"
-        ) from exc
+        raise DataError(f"could not download {url}: {exc}; check the network, or download the archive "
+                        f"yourself and point --data-dir / {DATA_ENV_VAR} at the extracted folder") from exc
     return md5.hexdigest()
 
 
-def _check_member(member: tarfile.TarInfo, source: str) -> None:
-    """Refuse members that could write outside the extraction folder or aren't plain data."""
-    path = PurePosixPath(member.name)
-    if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
-        raise DataError(f"unsafe path {member.name!r} in archive {source}; refusing to extract it")
-    if not (member.isfile() or member.isdir()):
-        raise DataError(
-            f"archive {source} has a link or special file {member.name!r}; refusing to extract it"
-        )
-
-
 def _safe_extract(archive: Path, dest: Path, source: str) -> None:
-    """Extract after checking every member; the stdlib 'data' filter adds a second guard."""
+    """Extract only plain files and folders that stay inside ``dest``; the stdlib 'data' filter is a second guard."""
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member, source)
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
+                    raise DataError(f"unsafe path {member.name!r} in archive {source}; refusing to extract it")
+                if not (member.isfile() or member.isdir()):
+                    raise DataError(f"archive {source} has a link or special file {member.name!r}; "
+                                    "refusing to extract it")
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
             else:  # pragma: no cover - Python without PEP 706 backports
                 tar.extractall(dest, members=members)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(
-            f"cannot extract archive from {source}: {exc}; "
-            "the archive is damaged or unsafe, retry the download"
-        ) from exc
+        raise DataError(f"cannot extract archive from {source}: {exc}; "
+                        "the archive is damaged or unsafe, retry the download") from exc
 
 
-# --------------------------------------------------------------------------- unpickling
-
-
-def _numpy_reconstruct() -> Any:
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
-
-
-# The only globals a CIFAR-10 batch references: the pieces numpy uses to rebuild an ndarray,
-# under their numpy 1 names (the official archive) and numpy 2 names (re-pickled copies).
-# Mapping to objects (rather than importing by name) avoids numpy 2's numpy.core deprecation.
+# The only globals a CIFAR-10 batch references: numpy's ndarray-rebuilding pieces, under their
+# numpy 1 names (the official archive) and numpy 2 names (re-pickled copies). Mapping to objects,
+# not importing by name, avoids numpy 2's numpy.core deprecation warning.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild numpy arrays and nothing else: a batch file cannot run code."""
+    """Rebuilds numpy arrays and nothing else: pickle can run code, a batch file must not."""
 
     def __init__(self, file: Any, path: Path) -> None:
         super().__init__(file, encoding="bytes")
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise DataError(
-                f"{self._path}: refusing forbidden global {module}.{name} in pickle; "
-                "the file is not a CIFAR-10 batch, delete it and re-download"
-            ) from None
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise DataError(f"{self._path}: refusing forbidden global {module}.{name} in pickle; "
+                            "the file is not a CIFAR-10 batch, delete it and re-download")
+        return _ALLOWED_GLOBALS[(module, name)]
 
 
-def _unpickle(path: Path) -> Any:
+def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one batch file: uint8 images (N, 3, 32, 32) and int64 labels (N,).
+
+    Any row count is accepted (``load_cifar10`` insists on 10,000) so small test batches load.
+    """
+    path = Path(path)
     try:
         with open(path, "rb") as f:
-            return _BatchUnpickler(f, path).load()
+            obj = _BatchUnpickler(f, path).load()
     except DataError:
         raise
     except FileNotFoundError as exc:
-        raise DataError(
-            f"{path} is missing; re-download CIFAR-10 or fix --data-dir / {DATA_ENV_VAR}"
-        ) from exc
+        raise DataError(f"{path} is missing; re-download CIFAR-10 or fix --data-dir / {DATA_ENV_VAR}") from exc
     except Exception as exc:  # a corrupt pickle can fail in many ways; all mean "bad file"
-        raise DataError(
-            f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); delete it and re-download"
-        ) from exc
-
-
-def _validate_batch(obj: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Check a decoded batch against the CIFAR-10 format and return (images NCHW, labels)."""
+        raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+                        "delete it and re-download") from exc
 
     def bad(problem: str) -> DataError:
         return DataError(f"{path}: {problem}; not a valid CIFAR-10 batch, delete it and re-download")
@@ -293,59 +224,32 @@ def _validate_batch(obj: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise bad(f"{len(labels)} labels for {data.shape[0]} images")
     if labels and not (0 <= min(labels) and max(labels) < NUM_CLASSES):
         raise bad(f"labels span {min(labels)}..{max(labels)}, expected 0..{NUM_CLASSES - 1}")
-    images = np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE)
-    return images, np.asarray(labels, dtype=np.int64)
-
-
-def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one batch file: uint8 images (N, 3, 32, 32) and int64 labels (N,).
-
-    Pickle can run arbitrary code, so only numpy's array-rebuilding globals are allowed; the
-    row count is left to ``load_cifar10`` so small batches of the same format also load.
-    """
-    path = Path(path)
-    return _validate_batch(_unpickle(path), path)
+    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), np.asarray(labels, dtype=np.int64)
 
 
 def load_cifar10(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Load all of CIFAR-10: (train_x, train_y, test_x, test_y), training batches 1..5 in order.
-
-    Each batch must hold exactly 10,000 rows so a truncated-but-parseable copy cannot pass
-    silently as a smaller data set.
-    """
-    batches_dir = Path(batches_dir)
-
-    def load_full(name: str) -> tuple[np.ndarray, np.ndarray]:
-        x, y = load_batch(batches_dir / name)
+    """(train_x, train_y, test_x, test_y); each batch must hold 10,000 rows, so a truncated copy cannot pass."""
+    parts = []
+    for name in (*TRAIN_FILES, TEST_FILE):
+        path = Path(batches_dir) / name
+        x, y = load_batch(path)
         if len(x) != ROWS_PER_BATCH:
-            raise DataError(
-                f"{batches_dir / name}: {len(x)} rows, expected {ROWS_PER_BATCH}; "
-                "the copy is incomplete, delete it and re-download"
-            )
-        return x, y
-
-    parts = [load_full(name) for name in TRAIN_FILES]
-    train_x = np.concatenate([x for x, _ in parts])
-    train_y = np.concatenate([y for _, y in parts])
-    test_x, test_y = load_full(TEST_FILE)
-    return train_x, train_y, test_x, test_y
+            raise DataError(f"{path}: {len(x)} rows, expected {ROWS_PER_BATCH}; "
+                            "the copy is incomplete, delete it and re-download")
+        parts.append((x, y))
+    test_x, test_y = parts.pop()
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), test_x, test_y
 
 
 @functools.lru_cache(maxsize=2)
 def _load_cifar10_cached(batches_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Decode once per process: unpickling 180 MB takes seconds, tests and studies reload often."""
+    """Decode once per process: unpickling 180 MB takes seconds, and tests and studies reload often."""
     return load_cifar10(Path(batches_dir))
 
 
-# --------------------------------------------------------------------------- splits
-
-
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False)  # eq=False: tensor comparison has no single truth value
 class Splits:
-    """Train / validation / test tensors on the training device: images uint8 NCHW, labels int64.
-
-    ``eq=False`` because element-wise tensor comparison has no single truth value.
-    """
+    """Train / validation / test tensors on the training device: images uint8 NCHW, labels int64."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -355,14 +259,9 @@ class Splits:
     test_y: torch.Tensor
 
 
-def split_train_val(
-    train_x: np.ndarray, train_y: np.ndarray, val_size: int = VAL_SIZE
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split off the LAST ``val_size`` rows as validation (Keras ``validation_split``).
-
-    Returns (train_x, train_y, val_x, val_y) as views; deterministic, no shuffling, as in the
-    seed study.
-    """
+def split_train_val(train_x: np.ndarray, train_y: np.ndarray,
+                    val_size: int = VAL_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keras ``validation_split``: the LAST ``val_size`` rows validate; no shuffling, as in the seed study."""
     if len(train_x) != len(train_y):
         raise ValueError(f"{len(train_x)} images but {len(train_y)} labels")
     if not 0 < val_size < len(train_x):
@@ -371,54 +270,31 @@ def split_train_val(
     return train_x[:cut], train_y[:cut], train_x[cut:], train_y[cut:]
 
 
-def _take(n: int | None, available: int, what: str) -> int:
-    if n is None:
-        return available
-    if n < 1 or n > available:
-        raise DataError(f"{what}={n} is out of range; choose 1..{available} (or leave it unset for all)")
-    return n
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    # copy=True: the cached arrays must never alias tensors a caller may modify in place.
-    return torch.from_numpy(array).to(device, copy=True)
-
-
-def load_splits(
-    data_dir: str | os.PathLike[str] | None = None,
-    device: torch.device | str = "cpu",
-    train_size: int | None = None,
-    val_size: int | None = None,
-    test_size: int | None = None,
-    download: bool = True,
-) -> Splits:
+def load_splits(data_dir: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
+                train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
+                download: bool = True) -> Splits:
     """Resolve, fetch if needed, load and split CIFAR-10 (45k / 5k / 10k) onto ``device``.
 
-    The optional sizes keep the first rows of each part (None = all) for quick smoke runs;
-    the split itself never changes, so a smoke run validates on real validation images.
+    The optional sizes keep the first rows of each part (None = all) for quick smoke runs; the
+    split itself never changes, so a smoke run still validates on real validation images.
     """
     batches_dir = ensure_cifar10(resolve_data_dir(data_dir), download=download)
     train_x, train_y, test_x, test_y = _load_cifar10_cached(str(batches_dir.resolve()))
     tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, VAL_SIZE)
-    n_tr = _take(train_size, len(tr_x), "train_size")
-    n_va = _take(val_size, len(va_x), "val_size")
-    n_te = _take(test_size, len(test_x), "test_size")
     dev = torch.device(device)
-    return Splits(
-        train_x=_to_device(tr_x[:n_tr], dev),
-        train_y=_to_device(tr_y[:n_tr], dev),
-        val_x=_to_device(va_x[:n_va], dev),
-        val_y=_to_device(va_y[:n_va], dev),
-        test_x=_to_device(test_x[:n_te], dev),
-        test_y=_to_device(test_y[:n_te], dev),
-    )
+
+    def head(x: np.ndarray, y: np.ndarray, n: int | None, what: str) -> list[torch.Tensor]:
+        if n is not None and not 1 <= n <= len(x):
+            raise DataError(f"{what}={n} is out of range; choose 1..{len(x)} (or leave it unset for all)")
+        # copy=True: the cached arrays must never alias tensors a caller may modify in place.
+        return [torch.from_numpy(a[:n]).to(dev, copy=True) for a in (x, y)]
+
+    return Splits(*head(tr_x, tr_y, train_size, "train_size"), *head(va_x, va_y, val_size, "val_size"),
+                  *head(test_x, test_y, test_size, "test_size"))
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images to float32 in [0, 1] on the tensor's own device.
-
-    Scaling happens on the training device so only uint8 (a quarter of the bytes) crosses to it.
-    """
+    """Scale uint8 images to float32 in [0, 1] on the tensor's own device (see the module docstring)."""
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
     return images_uint8.float().div_(255)
