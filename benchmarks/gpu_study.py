@@ -175,13 +175,13 @@ def main() -> None:
         print(f"projected seed study ({study_epochs} epochs): {round_s / cfg.epochs * study_epochs / 60:.2f} min (pruning and I/O excluded)")
 
     if args.full_study:
-        from lth.experiment import run_study
+        from lth.study import run_study
 
         started = time.perf_counter()
         result = run_study(config, out=scratch / "seed", data_dir=data_dir, progress=False)
         print(f"measured seed study ({len(result.rounds)} rounds): {(time.perf_counter() - started) / 60:.2f} min wall")
     if args.parallel_study:
-        from lth.experiment import run_replicates
+        from lth.study import run_replicates
 
         started = time.perf_counter()
         results = run_replicates(config, args.parallel_study, out=scratch / "parallel", data_dir=data_dir, progress=False, parallel=args.parallel_study)

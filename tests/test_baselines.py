@@ -8,13 +8,16 @@ import json
 import pytest
 import torch
 
-import lth.experiment as experiment
+import lth.study as study
 from conftest import strip_timing, tiny_config
 from lth import config as cfgmod
-from lth.experiment import rewind_weights, run_replicates, run_study
+from lth.rundir import RunDirError
+from lth.seeds import reinit_seed
+from lth.study import rewind_weights, run_replicates, run_study
 from lth.masks import count_kept
 from lth.models import build_model, layer_types
-from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
+from lth.rundir import RunDir
+from conftest import load_tensors, read_metrics, read_rounds_csv
 
 
 def tiny(**overrides: str) -> cfgmod.Config:
@@ -26,13 +29,13 @@ def tiny(**overrides: str) -> cfgmod.Config:
 def spy_starts(monkeypatch):
     """Record the weights every round starts training from (after rewind and masking)."""
     starts: list[dict[str, torch.Tensor]] = []
-    real = experiment.train_rounds
+    real = study.train_rounds
 
     def spy(members, *args, **kwargs):
         starts.extend({k: v.detach().clone() for k, v in m.model.state_dict().items()} for m in members)
         return real(members, *args, **kwargs)
 
-    monkeypatch.setattr(experiment, "train_rounds", spy)
+    monkeypatch.setattr(study, "train_rounds", spy)
     return starts
 
 
@@ -48,7 +51,7 @@ def test_rewind_points_restart_survivors_where_the_config_says(rewind, spy_start
         "best": load_tensors(run.best(0)),
         "final": load_tensors(run.final(0)),
         "epoch:2": load_tensors(run.rewind_point) if rewind.startswith("epoch") else None,
-        "reinit": build_model("seed-cnn", experiment.derive_seed(0, "reinit", 1)).state_dict(),
+        "reinit": build_model("seed-cnn", reinit_seed(0, 1)).state_dict(),
     }[rewind]
     for name, value in start.items():
         keep = mask.get(name, torch.ones_like(value, dtype=torch.bool))
@@ -105,7 +108,7 @@ def test_random_ticket_copies_another_runs_layer_densities(tiny_run, data_root, 
 
 
 def test_match_needs_a_finished_run(data_root, tmp_path):
-    with pytest.raises(experiment.RunDirError, match="not an lth run directory"):
+    with pytest.raises(RunDirError, match="not an lth run directory"):
         run_study(tiny(**{"prune.criterion": "random", "prune.match": str(tmp_path)}), out=tmp_path / "r", data_dir=data_root)
     assert not (tmp_path / "r" / "config.toml").exists()
 
@@ -138,22 +141,22 @@ def test_iteration_cadence_resume_is_bit_identical(data_root, tmp_path, monkeypa
     config = tiny(**{"train.steps": "12", "train.eval_every": "4", "prune.rounds": "1", "train.lr": "3e-3"})
     reference = run_study(config, out=tmp_path / "ref", data_dir=data_root, progress=False)
 
-    monkeypatch.setattr(experiment, "RESUME_SAVE_SECONDS", 0.0)
-    real_save, calls = experiment.save_resume_state, []
+    monkeypatch.setattr(study, "RESUME_SAVE_SECONDS", 0.0)
+    real_save, calls = RunDir.save_resume, []
 
-    def save_then_die(path, round_index, state):
-        real_save(path, round_index, state)
+    def save_then_die(self, round_index, tensors, meta):
+        real_save(self, round_index, tensors, meta)
         calls.append(round_index)
         if len(calls) == 5:  # round 1's second evaluation
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "save_resume_state", save_then_die)
+    monkeypatch.setattr(RunDir, "save_resume", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_study(config, out=tmp_path / "cut", data_dir=data_root, progress=False)
-    monkeypatch.setattr(experiment, "save_resume_state", real_save)
+    monkeypatch.setattr(RunDir, "save_resume", real_save)
     cut = RunDir(tmp_path / "cut")
-    saved_round, state = experiment.load_resume_state(cut.resume_state)
-    assert (saved_round, state.steps_done, len(read_rounds_csv(cut.rounds))) == (1, 8, 1)
+    saved_round, _, meta = cut.load_resume()
+    assert (saved_round, meta["steps_done"], len(read_rounds_csv(cut.rounds))) == (1, 8, 1)
     run_study(config, out=cut.root, data_dir=data_root, resume=True, progress=False)
     ref = RunDir(reference.run_dir)
     for r in (0, 1):

@@ -11,7 +11,8 @@ from lth import compare
 from lth.cli import main
 from lth.config import ConfigError
 from lth.masks import count_kept
-from lth.store import RunDir, load_tensors, read_rounds_csv
+from lth.rundir import RunDir
+from conftest import load_tensors, read_rounds_csv
 
 CELL_OVERRIDES = tuple({**TINY_OVERRIDES, "prune.rounds": "1", "train.initial_epochs": "2", "train.epochs": "2"}.items())
 SPEC = compare.CompareSpec(

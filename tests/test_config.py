@@ -72,13 +72,12 @@ def test_config_is_frozen():
 
 def _remaining_after(config: cfgmod.Config) -> float:
     """Fraction of all weights left after the preset's rounds, from the F&C per-layer rates."""
-    from lth.experiment import layer_fractions, pruned_tensors
     from lth.models import build_model
     from lth.pruning import prune_count
+    from lth.study import pruning_plan
 
     model = build_model(config.model, 0)
-    names = pruned_tensors(config, model)
-    rates = layer_fractions(config, model, names)
+    names, rates = pruning_plan(config, model)
     params = dict(model.named_parameters())
     kept = {n: params[n].numel() for n in names}
     for _ in range(config.prune.rounds):
@@ -133,9 +132,18 @@ def test_baseline_options_validated(data, match):
 
 
 def test_layer_rates_must_name_a_weight_of_the_model():
-    from lth.experiment import pruned_tensors
     from lth.models import build_model
+    from lth.study import pruning_plan
 
     c = cfgmod.from_dict({"prune": {"scope": "layer", "layer_rates": {"features.9.weight": 0.1}}})
     with pytest.raises(ConfigError, match="'features.9.weight' is not a conv/dense weight of seed-cnn"):
-        pruned_tensors(c, build_model("seed-cnn", 0))
+        pruning_plan(c, build_model("seed-cnn", 0))
+
+
+def test_config_names_the_registries_below_it():
+    """config validates names without importing the registries; they must answer to the same."""
+    from lth.energy import TRACKERS
+    from lth.models import MODELS
+    from lth.pruning import CRITERIA
+
+    assert (set(cfgmod.MODELS), set(cfgmod.CRITERIA), set(cfgmod.TRACKERS)) == (set(MODELS), set(CRITERIA), set(TRACKERS))

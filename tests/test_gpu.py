@@ -64,7 +64,7 @@ def test_graphed_steps_match_eager_steps(kind, data_root):
 
 
 def test_graphed_study_runs_end_to_end(data_root, tmp_path):
-    from lth.experiment import run_study
+    from lth.study import run_study
 
     config = cfgmod.apply_overrides(cfgmod.preset("quick"), {"device": "cuda", "train.engine": "graph", "energy.tracker": "off", "prune.rounds": "1"})
     result = run_study(config, out=tmp_path / "run", data_dir=data_root, progress=False)

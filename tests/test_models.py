@@ -10,12 +10,15 @@ from lth.models import (
     ModelSpec,
     SeedCNN,
     build_model,
-    count_parameters,
     keras_init_,
     layer_types,
     output_layer,
     prunable_names,
 )
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
 
 
 def _kernels(model):
@@ -28,7 +31,7 @@ def _fans(w):
 
 
 def test_seed_cnn_parameter_count_matches_keras():
-    assert count_parameters(build_model("seed-cnn", 0)) == 1_147_978
+    assert _count(build_model("seed-cnn", 0)) == 1_147_978
 
 
 def test_prunable_tensors_are_conv_and_dense_kernels_except_output():
@@ -90,9 +93,10 @@ def test_registry_entries_carry_their_init():
     assert all(isinstance(spec, ModelSpec) for spec in MODELS.values())
     assert MODELS["seed-cnn"].init == "glorot_uniform"
     assert {MODELS[n].init for n in ("conv2", "conv4", "conv6")} == {"glorot_normal"}
-    assert isinstance(MODELS["conv4"](), nn.Module)  # old `MODELS[name]()` use still works
-    with pytest.raises(ValueError):
-        build_model("no-such-model", 0)
+    from lth import config as cfgmod
+
+    with pytest.raises(cfgmod.ConfigError, match="unknown model"):  # refused at the config boundary
+        cfgmod.from_dict({"model": "no-such-model"})
 
 
 @pytest.mark.parametrize(

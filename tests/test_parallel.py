@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from lth import config as cfgmod
-from lth import experiment
 from lth.cli import main
 from lth.energy import EnergyReading
 from lth.compare import CompareSpec, parallel_batches, plan
-from lth.experiment import run_parallel
-from lth.store import RunDir, load_tensors, read_rounds_csv
+from lth.study import run_studies as run_parallel
+from lth.rundir import RunDir
+from conftest import load_tensors, read_rounds_csv
 
-from conftest import tiny_cli_args, tiny_config
+from conftest import TINY_EPOCHS, tiny_cli_args, tiny_config
 
 
 def tree(root):
@@ -52,20 +52,20 @@ def test_parallel_resume_after_interrupt_is_bit_identical(data_root, tmp_path, m
     configs = [cfgmod.apply_overrides(tiny_config(), {"seed": str(s), "prune.rounds": "1", "energy.tracker": "off"}) for s in (0, 1)]
     whole = run_parallel(configs, [tmp_path / "a0", tmp_path / "a1"], data_dir=data_root, progress=False)
 
-    real = experiment.save_resume_state
+    real = RunDir.save_resume
     calls = {"n": 0}
 
-    def interrupt_after_both_saved(path, r, state):
-        real(path, r, state)
+    def interrupt_after_both_saved(self, r, tensors, meta):
+        real(self, r, tensors, meta)
         calls["n"] += 1
-        if calls["n"] == 2 * 6:  # round 1, second epoch: both studies have saved it
+        if calls["n"] == 2 * (TINY_EPOCHS + 2):  # round 1, second epoch: both studies have saved it
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "save_resume_state", interrupt_after_both_saved)
+    monkeypatch.setattr(RunDir, "save_resume", interrupt_after_both_saved)
     outs = [tmp_path / "b0", tmp_path / "b1"]
     with pytest.raises(KeyboardInterrupt):
         run_parallel(configs, outs, data_dir=data_root, progress=False)
-    monkeypatch.setattr(experiment, "save_resume_state", real)
+    monkeypatch.setattr(RunDir, "save_resume", real)
     assert all(RunDir(o).resume_state.exists() for o in outs)
     resumed = run_parallel(configs, outs, data_dir=data_root, resume=True, progress=False)
     for w, r in zip(whole, resumed):

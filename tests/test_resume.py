@@ -14,7 +14,8 @@ import torch
 import pytest
 
 from conftest import strip_timing, tiny_cli_args, tiny_config
-from lth.store import RunDir, load_tensors, read_metrics, read_rounds_csv
+from lth.rundir import RunDir
+from conftest import load_tensors, read_metrics, read_rounds_csv
 
 
 def lth(*args: str) -> list[str]:
@@ -87,14 +88,14 @@ def test_foreign_resume_state_is_refused_in_one_line(tiny_run, data_root, tmp_pa
     import shutil
 
     from lth.cli import main
-    from lth.store import RESUME_FORMAT, save_tensors, write_rounds_csv
+    from lth.rundir import RESUME_FORMAT
 
     out = tmp_path / "copy"
     shutil.copytree(tiny_run.run_dir, out)
     run = RunDir(out)
     rows = read_rounds_csv(run.rounds)
-    write_rounds_csv(run.rounds, rows[:2])  # round 2 not committed: resume will look at its state
-    save_tensors(run.resume_state, {"x": torch.zeros(1)}, metadata={"lth_resume": json.dumps({"format": RESUME_FORMAT - 1, "round": 2})})
+    run.write_rounds(rows[:2])  # round 2 not committed: resume will look at its state
+    run.save(run.resume_state, {"x": torch.zeros(1)}, metadata={"lth_resume": json.dumps({"format": RESUME_FORMAT - 1, "round": 2})})
     code = main(["resume", str(out), "--data-dir", str(data_root)])
     err = capsys.readouterr().err
     assert code == 2 and "another lth version" in err and err.count("\n") == 1

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import TINY_EPOCHS, tiny_config
 from lth import config as cfgmod
 from lth.masks import apply_masks_
 from lth.models import build_model, prunable_names
-from lth.pruning import high_movement, prune_count
-from lth.store import RunDir, load_tensors, read_rounds_csv
+from lth.pruning import next_masks, prune_count, prune_counts
+from lth.rundir import RunDir
+from conftest import load_tensors, read_rounds_csv
 
 ROUNDS = 3  # round 0 + 2 pruning rounds
 
@@ -66,7 +67,8 @@ def test_masks_follow_the_pruning_schedule(run):
         pruned_rounds += not skipped
         assert all(bool((masks[r][n] <= masks[r - 1][n]).all()) for n in prunable)  # pruned stay pruned
         # The mask is exactly the criterion applied to the previous round's best and final.
-        recomputed = high_movement(load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), init, masks[r - 1], 0.1, prunable)
+        counts = prune_counts(masks[r - 1], prunable, None, 0.1)
+        recomputed = next_masks("high-movement", load_tensors(run.best(r - 1)), load_tensors(run.final(r - 1)), init, masks[r - 1], counts, 0)
         assert all(torch.equal(recomputed[n], masks[r][n]) for n in prunable)
         kept = kept_now
     if tiny_config().device == "cpu":  # deterministic there; a GPU's numbers may skip every round
@@ -88,7 +90,7 @@ def test_pruned_weights_are_exactly_zero_and_output_layer_dense(run):
 def test_rounds_csv_consistent_with_masks_and_metrics(run):
     rows = read_rounds_csv(run.rounds)
     metrics = [json.loads(line) for line in run.metrics.read_text().splitlines()]
-    epochs = {0: 4, 1: 4, 2: 4}
+    epochs = {r: TINY_EPOCHS for r in range(ROUNDS)}
     assert [(m["round"], m["epoch"]) for m in metrics] == [(r, e) for r in range(ROUNDS) for e in range(1, epochs[r] + 1)]
     previous_kept = None
     for r, row in enumerate(rows):

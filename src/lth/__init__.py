@@ -17,11 +17,11 @@ _EXPORTS = {
     "Config": "lth.config",
     "ConfigError": "lth.config",
     "preset": "lth.config",
-    "RunDirError": "lth.experiment",
-    "StudyResult": "lth.experiment",
-    "run_study": "lth.experiment",
-    "resume_study": "lth.experiment",
-    "run_replicates": "lth.experiment",
+    "RunDirError": "lth.rundir",
+    "StudyResult": "lth.study",
+    "run_study": "lth.study",
+    "resume_study": "lth.study",
+    "run_replicates": "lth.study",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

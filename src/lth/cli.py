@@ -12,8 +12,14 @@ import difflib
 import sys
 from pathlib import Path
 
+from lth import compare
 from lth import config as cfgmod
 from lth.config import ConfigError
+from lth.data import DataError
+from lth.report import ReportError, write_report
+from lth.rundir import RunDir, RunDirError
+from lth.show import rounds_table, side_by_side
+from lth.study import resume_study, run_replicates, run_study
 
 
 def _parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -54,8 +60,6 @@ def build_config(args: argparse.Namespace, extra: list[str]) -> cfgmod.Config:
 
 
 def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.experiment import run_replicates, run_study
-
     config = build_config(args, extra)
     options = dict(out=args.out, data_dir=args.data_dir, resume=args.resume, force=args.force, progress=False if args.no_progress else None)
     if args.parallel > 1 and args.replicates == 1:
@@ -70,8 +74,6 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.experiment import resume_study
-
     if extra:
         raise ConfigError(f"lth resume takes no config overrides (got {extra[0]!r}); it continues the stored config")
     result = resume_study(args.run_dir, data_dir=args.data_dir, progress=False if args.no_progress else None, device=args.device)
@@ -80,10 +82,8 @@ def _cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.show import rounds_table, side_by_side
-
     paths = [Path(p) for p in args.run_dirs]
-    if len(paths) == 1 and (paths[0] / "rounds.csv").exists():
+    if len(paths) == 1 and RunDir(paths[0]).read_rounds():
         print(rounds_table(paths[0]))
     else:
         print(side_by_side(paths))
@@ -94,9 +94,7 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
-def _compare_spec(args: argparse.Namespace, extra: list[str]):
-    from lth import compare
-
+def _compare_spec(args: argparse.Namespace, extra: list[str]) -> compare.CompareSpec:
     overrides = _parse_overrides(extra)
     if args.spec:
         spec = compare.load_spec(args.spec)
@@ -124,18 +122,14 @@ def _compare_spec(args: argparse.Namespace, extra: list[str]):
 
 
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.compare import run_comparison
-
     spec = _compare_spec(args, extra)
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    result = run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report, parallel=args.parallel)
+    result = compare.run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report, parallel=args.parallel)
     print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete)")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from lth.report import write_report
-
     report_dir = write_report([Path(p) for p in args.paths], out=Path(args.out) if args.out else None)
     print(f"report: {report_dir / 'report.md'}")
     return 0
@@ -219,10 +213,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lth.data import DataError
-    from lth.store import RunDirError
-    from lth.report import ReportError
-
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     args.preset_given = "--preset" in (argv if argv is not None else sys.argv[1:])

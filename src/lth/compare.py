@@ -23,7 +23,9 @@ import tomli_w
 
 from lth import config as cfgmod
 from lth.config import Config, ConfigError
-from lth.store import RunDir, atomic_write_text, read_rounds_csv
+from lth.report import write_report
+from lth.rundir import RunDir, atomic_write
+from lth.study import compatible, run_studies
 
 MATCH_PREFIX = "@"  # prune.match = "@<variant>" copies that variant's ticket of the same seed
 
@@ -158,7 +160,7 @@ def plan(spec: CompareSpec, out: Path) -> list[Cell]:
 
 def is_complete(cell: Cell) -> bool:
     run = RunDir(cell.out)
-    return run.config.exists() and len(read_rounds_csv(run.rounds)) == cell.config.prune.rounds + 1
+    return run.is_run() and len(run.read_rounds()) == cell.config.prune.rounds + 1
 
 
 class SequentialExecutor(concurrent.futures.Executor):
@@ -175,30 +177,20 @@ class SequentialExecutor(concurrent.futures.Executor):
         return future
 
 
-def _run_cell(cell: Cell, data_dir: str | None, progress: bool | None) -> Path:
-    from lth.experiment import run_study
-
-    resume = RunDir(cell.out).config.exists()
-    return run_study(cell.config, out=cell.out, data_dir=data_dir, resume=resume, progress=progress).run_dir
-
-
 def _run_cells(cells: list[Cell], data_dir: str | None, progress: bool | None) -> list[Path]:
-    """Several cells trained together on one device (`--parallel`)."""
-    from lth.experiment import run_parallel
-
-    results = run_parallel([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
+    """One or several cells (trained together on one device, `--parallel`), continued where
+    an earlier attempt stopped."""
+    results = run_studies([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
     return [r.run_dir for r in results]
 
 
 def parallel_batches(cells: list[Cell], k: int) -> list[list[Cell]]:
     """Cells in groups of up to k that can train together (same model, data, schedule, device),
     in plan order."""
-    from lth.experiment import parallel_compatible
-
     batches: list[list[Cell]] = []
     open_batches: list[list[Cell]] = []
     for cell in cells:
-        home = next((b for b in open_batches if len(b) < k and parallel_compatible(b[0].config, cell.config) is None), None)
+        home = next((b for b in open_batches if len(b) < k and compatible(b[0].config, cell.config) is None), None)
         if home is None:
             home = []
             open_batches.append(home)
@@ -237,9 +229,9 @@ def run_comparison(
     if stored.exists() and stored.read_text() != spec.to_toml():
         raise ConfigError(f"{study} holds a different comparison (study.toml); continue it with its own spec or choose another --out")
     for cell in cells:  # refuse before running anything if a cell dir holds a foreign run
-        if cell.out.exists() and any(cell.out.iterdir()) and not (cell.out / "config.toml").exists():
+        if cell.out.exists() and any(cell.out.iterdir()) and not RunDir(cell.out).is_run():
             raise ConfigError(f"{cell.out} exists and is not an lth run; choose another --out")
-    atomic_write_text(stored, spec.to_toml())
+    atomic_write(stored, spec.to_toml())
     executor = executor or SequentialExecutor()
     result = CompareResult(study)
     data = None if data_dir is None else str(data_dir)
@@ -252,16 +244,10 @@ def run_comparison(
                 continue
             log(f"[{cell.label} seed {cell.seed}] running into {cell.out}")
             todo.append(cell)
-        if parallel == 1:
-            pending = [executor.submit(_run_cell, cell, data, progress) for cell in todo]
-            result.ran += [future.result() for future in pending]  # re-raises a cell's error here
-        else:
-            pending = [executor.submit(_run_cells, batch, data, progress) for batch in parallel_batches(todo, parallel)]
-            for future in pending:
-                result.ran += future.result()
+        pending = [executor.submit(_run_cells, batch, data, progress) for batch in parallel_batches(todo, parallel)]
+        for future in pending:
+            result.ran += future.result()  # re-raises a cell's error here
     if report:
-        from lth.report import write_report
-
         result.report_dir = write_report([study], out=study / "report")
         log(f"report: {result.report_dir / 'report.md'}")
     return result

@@ -22,6 +22,13 @@ REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "eager", "graph")
 LAYER_TYPES = ("conv", "dense", "output")
+SCOPES = ("global", "layer")
+# The names the registries below this module answer to (lth.models.MODELS, lth.pruning.CRITERIA,
+# lth.energy.TRACKERS; a test keeps them equal), so that a config is validated here, once,
+# without importing them.
+MODELS = ("seed-cnn", "conv2", "conv4", "conv6")
+CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase")
+TRACKERS = ("codecarbon", "carbontracker", "off")
 
 
 class ConfigError(ValueError):
@@ -63,6 +70,16 @@ class TrainConfig:
     engine: str = "auto"
     # CPU only: run convolutions in channels-last (NHWC) layout.
     channels_last: bool = False
+
+    def round_length(self, round_index: int, steps_per_epoch: int) -> int:
+        """Iterations in a round: `steps` if set, else the round's epochs × iterations per epoch."""
+        if self.steps is not None:
+            return self.steps
+        return (self.initial_epochs if round_index == 0 else self.epochs) * steps_per_epoch
+
+    def eval_interval(self, steps_per_epoch: int) -> int:
+        """Iterations between evaluations ("epoch": one epoch)."""
+        return steps_per_epoch if self.eval_every == "epoch" else int(self.eval_every)
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+
+    @property
+    def rewind_epoch(self) -> int | None:
+        """K of `rewind = "epoch:K"` (late rewinding), else None."""
+        return int(self.rewind[6:]) if self.rewind.startswith("epoch:") else None
 
 
 PRESETS: dict[str, Config] = {
@@ -195,6 +217,10 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_FROM_TEXT = {bool: lambda text: _BOOLS[text.lower()], int: int, float: float}
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check (and, for CLI strings, parse) one value against its annotation."""
     origin = typing.get_origin(annotation)
@@ -208,34 +234,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a table like {{conv = 0.1}}, got {value!r}")
         value_type = typing.get_args(annotation)[1]
         return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)  # e.g. eval_every = 100 in TOML
-    else:  # pragma: no cover - only the annotations above are used
-        raise ConfigError(f"{key}: unsupported type {annotation}")
+    if isinstance(value, str) and annotation in _FROM_TEXT:  # a command-line value
+        try:
+            value = _FROM_TEXT[annotation](value)
+        except (KeyError, ValueError):
+            pass  # reported below with the value as given
+    if isinstance(value, int) and not isinstance(value, bool) and annotation in (float, str):
+        return annotation(value)  # 3 for a float; eval_every = 100 in TOML
+    if type(value) is annotation:
+        return value
     name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {name}, got {value!r}")
 
@@ -338,9 +345,7 @@ def is_settable(key: str) -> bool:
 
 
 def validate(config: Config) -> None:
-    """Reject values that would run but mean nothing; registries are checked lazily."""
-    from lth.models import MODELS
-    from lth.pruning import CRITERIA, SCOPES
+    """Reject values that would run but mean nothing, each with one line naming the key."""
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -377,8 +382,6 @@ def validate(config: Config) -> None:
     need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
     need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
     need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
-    from lth.energy import TRACKERS
-
     e = config.energy
     need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
     need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")

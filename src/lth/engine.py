@@ -1,22 +1,15 @@
-"""How one training iteration runs on the hardware; `train.train_rounds` is the one loop above it.
+"""How one training iteration runs on the hardware; `train.train_rounds` is the loop above it.
 
-The loop decides *what* happens (data order, evaluation cadence, best weights, resume); an
-engine decides *how* an iteration of K studies executes:
-
-- `ModuleEngine` (K = 1): the study's own `nn.Module`, optionally channels-last on CPU.
-- `StackedEngine` (K ≥ 2): K studies of one architecture advanced together. Their parameters
-  are stacked along a leading K axis and the model runs under `torch.func.vmap`, whose
-  convolution rule turns K convolutions into one grouped convolution. One Adam over the stacked
-  tensors is exactly K Adams (Adam is elementwise), and a stacked mask multiply re-masks all K.
-- `GraphedStep` (CUDA): either engine's whole iteration — gather the batch, scale, forward,
-  backward, Adam, re-mask, metric sums — captured once as a CUDA graph and replayed, with a
-  capturable fused Adam and the re-mask as an in-place multiply inside the graph. The graph
-  reads the batch's indices from a static buffer, so the host only copies K×B indices per step
-  and never waits on the GPU inside an epoch.
+- `ModuleEngine` (K = 1): the study's own module, optionally channels-last on CPU.
+- `StackedEngine` (K ≥ 2): K studies of one architecture with their parameters stacked on a
+  leading axis, run under `torch.func.vmap` (K convolutions become one grouped convolution).
+  Adam is elementwise, so one Adam over the stacked tensors is exactly K Adams.
+- `GraphedStep` (CUDA): either engine's whole iteration (gather, scale, forward, backward,
+  Adam, re-mask, metric sums) captured once as a CUDA graph and replayed; the graph reads the
+  batch's indices from a static buffer, so the host never waits on the GPU inside an epoch.
 
 Every engine runs the same `body`, eagerly or captured, so the fast paths cannot drift from the
-eager one: on CPU a run is bit-for-bit reproducible, and on CUDA the graphed iteration replays
-the operations of the eager one (see tests/test_engine.py for the documented tolerance).
+eager one: on CPU a run is bit-for-bit reproducible.
 """
 
 from __future__ import annotations

@@ -48,28 +48,11 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     MaskApplier(model, masks)()
 
 
-def mask_state(state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A copy of a state dict with pruned entries zeroed (for rewinding to stored weights)."""
-    out = {k: v.clone() for k, v in state.items()}
-    for name, mask in masks.items():
-        out[name].mul_(mask.to(device=out[name].device, dtype=out[name].dtype))
-    return out
-
-
 def count_kept(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
     return {name: int(mask.sum()) for name, mask in masks.items()}
-
-
-def count_total(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    return {name: mask.numel() for name, mask in masks.items()}
 
 
 def density(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Fraction kept per layer."""
     return {name: float(mask.sum()) / mask.numel() for name, mask in masks.items()}
 
-
-def overall_density(masks: Mapping[str, torch.Tensor]) -> float:
-    kept = sum(count_kept(masks).values())
-    total = sum(count_total(masks).values())
-    return kept / total if total else 1.0

@@ -2,15 +2,14 @@
 (or every N iterations), and the best (lowest validation loss, earlier on ties) and final weights.
 
 There is one loop (`train_rounds`) for K ≥ 1 studies trained together; how an iteration runs
-(eager, CUDA graph, stacked K-way) is the engine's business (`lth.engine`). The loop does no I/O: at each evaluation it hands a `RoundState` to `on_eval`, which the
-experiment layer persists so that an interrupted round resumes from its last evaluation.
-Everything random comes from `data_seed` via per-epoch generators, so a resumed round sees the
-same data order as an uninterrupted one.
+(eager, CUDA graph, stacked K-way) is the engine's business (`lth.engine`). The loop does no
+I/O: at each evaluation it hands a `RoundState` to `on_eval`, which the study persists so that
+an interrupted round resumes from its last evaluation. The data order is a pure function of
+the data seed and the epoch's coordinates (`lth.seeds`), so a resumed round sees the same order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,20 +23,9 @@ from torch import nn
 from lth.config import TrainConfig
 from lth.data import Splits
 from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, eager_step, numerics, use_graphs
+from lth.seeds import epoch_order
 
 StateDict = dict[str, torch.Tensor]
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed derived from `seed` and a label, stable across Python/torch versions."""
-    text = ":".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def epoch_order(n: int, data_seed: int, round_index: int, epoch: int, device: torch.device) -> torch.Tensor:
-    """The training-set permutation for one epoch, a pure function of its coordinates."""
-    gen = torch.Generator().manual_seed(derive_seed(data_seed, "order", round_index, epoch))
-    return torch.randperm(n, generator=gen).to(device)
 
 
 @dataclass
@@ -52,6 +40,28 @@ class RoundState:
     best_val_loss: float
     best_val_acc: float
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_file(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and metadata for the run directory's resume file (with the torch RNG)."""
+        tensors = {**{f"model/{k}": v for k, v in self.model.items()}, **{f"best/{k}": v for k, v in self.best.items()}}
+        keys = {}
+        for pid, entry in self.optimizer["state"].items():
+            keys[str(pid)] = sorted(entry)
+            tensors.update({f"opt/{pid}/{key}": value for key, value in entry.items()})
+        tensors["rng/torch"] = torch.get_rng_state()
+        meta = {"steps_done": self.steps_done, "best_step": self.best_step, "best_val_loss": self.best_val_loss,
+                "best_val_acc": self.best_val_acc, "history": self.history,
+                "optimizer": {"param_groups": self.optimizer["param_groups"], "state": keys}}
+        return tensors, meta
+
+    @classmethod
+    def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> RoundState:
+        """The inverse of `to_file`; restores the torch RNG as it was saved."""
+        torch.set_rng_state(tensors["rng/torch"])
+        opt = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in keys} for pid, keys in meta["optimizer"]["state"].items()}
+        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        return cls(meta["steps_done"], part("model/"), {"state": opt, "param_groups": meta["optimizer"]["param_groups"]},
+                   part("best/"), meta["best_step"], meta["best_val_loss"], meta["best_val_acc"], meta["history"])
 
 
 @dataclass
@@ -76,20 +86,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-def round_length(cfg: TrainConfig, n: int, round_index: int) -> int:
-    """Iterations in a round: `steps` if set, else the round's epochs × iterations per epoch."""
-    if cfg.steps is not None:
-        return cfg.steps
-    epochs = cfg.initial_epochs if round_index == 0 else cfg.epochs
-    return epochs * steps_per_epoch(n, cfg.batch_size)
-
-
-def eval_interval(cfg: TrainConfig, n: int) -> int:
-    return steps_per_epoch(n, cfg.batch_size) if cfg.eval_every == "epoch" else int(cfg.eval_every)
-
-
-
-
 @dataclass
 class Member:
     """One study's part in a round: its model (rewound and masked), masks, data seed, and where
@@ -105,25 +101,9 @@ class Member:
     snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None
 
 
-def train_round(
-    model: nn.Module,
-    masks: Mapping[str, torch.Tensor],
-    splits: Splits,
-    cfg: TrainConfig,
-    data_seed: int,
-    round_index: int,
-    resume: RoundState | None = None,
-    on_eval: Callable[[RoundState], None] | None = None,
-    snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None,
-) -> RoundOutcome:
-    """Train `model` (already rewound and masked) for one round under `masks`."""
-    member = Member(model, masks, data_seed, resume, on_eval, snapshots)
-    return train_rounds([member], splits, cfg, round_index)[0]
-
-
 def _epoch_orders(members: Sequence[Member], n: int, round_index: int, epoch: int, device: torch.device) -> torch.Tensor:
     """[K, n]: each study's permutation for this epoch, made on the host and copied once."""
-    return torch.stack([epoch_order(n, m.data_seed, round_index, epoch, torch.device("cpu")) for m in members]).to(device)
+    return torch.stack([epoch_order(n, m.data_seed, round_index, epoch) for m in members]).to(device)
 
 
 def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
@@ -165,8 +145,8 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tenso
     device = splits.train_x.device
     n = splits.train_x.shape[0]
     per_epoch = steps_per_epoch(n, cfg.batch_size)
-    total = round_length(cfg, n, round_index)
-    every = eval_interval(cfg, n)
+    total = cfg.round_length(round_index, per_epoch)
+    every = cfg.eval_interval(per_epoch)
     seen = 0
     order_epoch, orders = -1, torch.empty(0)
     started = time.perf_counter()

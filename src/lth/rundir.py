@@ -1,0 +1,309 @@
+"""The run directory (DESIGN §5), and the only module that knows its layout.
+
+Every file is written atomically (temporary file, fsync, rename), so a kill leaves the old file
+or the new one, never a torn one. `rounds.csv` is a round's commit point: its row is written
+after the round's checkpoints. torch is imported only where tensors are read or written, so
+that reports can be drawn without it.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lth import config as cfgmod
+
+RESUME_FORMAT = 2  # bump when the resume file's layout changes; older states are refused
+INT_COLUMNS = {"round", "pruned", "weights_remaining", "weights_prunable", "best_epoch", "best_step"}
+TEXT_COLUMNS = {"criterion", "rewind", "energy_method"}
+REQUIRED_COLUMNS = ("round", "remaining_pct", "test_acc_best", "test_acc_final")
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked; the message is one line saying what to do."""
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as an ordinary file would be, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    with _suppress_os():  # make the rename itself durable where directories can be opened
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@contextmanager
+def _suppress_os() -> Iterator[None]:
+    try:
+        yield
+    except OSError:
+        pass
+
+
+def _parse_cell(column: str, text: str) -> Any:
+    if column in TEXT_COLUMNS:
+        return text
+    if column == "pruning_skipped":
+        return text.strip().lower() in ("true", "1")
+    if text == "":
+        return None
+    return int(text) if column in INT_COLUMNS else float(text)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One study's run directory: its paths, typed reading and atomic writing. Creates nothing
+    by itself."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ------------------------------------------------------------ layout
+    config = property(lambda self: self.root / "config.toml")
+    manifest = property(lambda self: self.root / "manifest.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    rounds = property(lambda self: self.root / "rounds.csv")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    init = property(lambda self: self.checkpoints / "init.safetensors")
+    rewind_point = property(lambda self: self.checkpoints / "rewind.safetensors")  # `rewind = "epoch:K"`
+    resume_state = property(lambda self: self.checkpoints / "resume" / "state.safetensors")
+
+    def checkpoint(self, round_index: int, kind: str) -> Path:
+        """`kind` is "best", "final" or "mask"."""
+        return self.checkpoints / f"round_{round_index:02d}" / f"{kind}.safetensors"
+
+    def best(self, r: int) -> Path:
+        return self.checkpoint(r, "best")
+
+    def final(self, r: int) -> Path:
+        return self.checkpoint(r, "final")
+
+    def mask(self, r: int) -> Path:
+        return self.checkpoint(r, "mask")
+
+    def is_run(self) -> bool:
+        return self.config.is_file() and self.manifest.is_file()
+
+    # ------------------------------------------------------------ reading
+    def read_config(self) -> cfgmod.Config:
+        return cfgmod.load(self.config)
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{self.manifest}: unreadable ({type(exc).__name__}); the run directory is damaged") from None
+
+    def read_rounds(self) -> list[dict[str, Any]]:
+        """The committed rounds, typed and in order; [] before the first commit. A torn or
+        malformed table raises RunDirError naming the file and the line."""
+        if not self.rounds.is_file():
+            return []
+        file = self.rounds
+        try:
+            lines = [row for row in csv.reader(io.StringIO(file.read_text())) if row]
+        except (csv.Error, UnicodeDecodeError, OSError) as exc:
+            raise RunDirError(f"{file}: unreadable CSV ({exc})") from None
+        if not lines:
+            raise RunDirError(f"{file}: empty file (no header)")
+        header, body = lines[0], lines[1:]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise RunDirError(f"{file}: missing column(s) {', '.join(missing)}")
+        rows = []
+        for number, cells in enumerate(body, start=2):
+            if len(cells) != len(header):
+                raise RunDirError(f"{file}: line {number} has {len(cells)} fields, the header {len(header)} (truncated?)")
+            try:
+                rows.append({c: _parse_cell(c, v) for c, v in zip(header, cells)})
+            except ValueError as exc:
+                raise RunDirError(f"{file}: line {number} has a non-numeric value ({exc})") from None
+        if [r["round"] for r in rows] != list(range(len(rows))):
+            raise RunDirError(f"{file}: rounds are not 0, 1, 2, ... in order")
+        return rows
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """One row per evaluation. A torn last line (a crash mid-append) is dropped; an
+        evaluation repeated after a resume keeps its last line."""
+        rows: dict[tuple[Any, Any], dict[str, Any]] = {}
+        if self.metrics.is_file():
+            for line in self.metrics.read_text(errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.pop(key := (row.get("round"), row.get("step", row.get("epoch"))), None)
+                    rows[key] = row
+        return list(rows.values())
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Tensors of one checkpoint, as torch tensors."""
+        from safetensors.torch import load
+
+        return load(path.read_bytes())
+
+    # ------------------------------------------------------------ writing
+    def save(self, path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
+        from safetensors.torch import save
+
+        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        atomic_write(path, save(contiguous, metadata=metadata))
+
+    def write_config(self, config: cfgmod.Config) -> None:
+        atomic_write(self.config, cfgmod.to_toml(config))
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        atomic_write(self.manifest, json.dumps(dict(manifest), indent=2) + "\n")
+
+    def write_rounds(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Commit: the whole table, rewritten atomically; the round's resume state goes."""
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+        atomic_write(self.rounds, buf.getvalue())
+        self.resume_state.unlink(missing_ok=True)
+
+    def write_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        atomic_write(self.metrics, "".join(json.dumps(dict(r)) + "\n" for r in rows))
+
+    def append_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        with open(self.metrics, "a") as f:
+            f.writelines(json.dumps(dict(row)) + "\n" for row in rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    # ------------------------------------------------------------ resume state
+    def save_resume(self, round_index: int, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """The whole position in one file, so it is replaced as one unit."""
+        header = {"format": RESUME_FORMAT, "round": round_index, **meta}
+        self.save(self.resume_state, tensors, metadata={"lth_resume": json.dumps(header)})
+
+    def load_resume(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """(round, tensors, meta) of the saved position, or None when there is none."""
+        path = self.resume_state
+        if not path.exists():
+            return None
+        from safetensors import safe_open
+
+        try:
+            tensors = self.load(path)
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["lth_resume"])
+        except Exception as exc:  # a foreign or damaged file: say so in one line
+            raise RunDirError(f"{path} is not a readable lth resume state ({type(exc).__name__}); delete it to restart the round from its beginning") from None
+        if meta.get("format") != RESUME_FORMAT:
+            raise RunDirError(
+                f"{path} was written by another lth version (resume format {meta.get('format', 1)}, this one reads {RESUME_FORMAT}); "
+                "finish the run with that version, or delete the file to restart the round from its beginning"
+            )
+        return meta.pop("round"), tensors, meta
+
+
+# ---------------------------------------------------------------- claiming a directory
+
+
+def prepare(run: RunDir, config: cfgmod.Config, resume: bool, force: bool) -> None:
+    """Check the directory against the request before anything is written."""
+    root = run.root
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{root} exists and is not a directory; choose another --out")
+    if not (root.exists() and any(p.name != ".lock" for p in root.iterdir())):
+        return
+    if not run.is_run():
+        raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); "
+                          + ("refusing to delete it with --force" if force else "choose another --out"))
+    if force:
+        return
+    if not resume:
+        raise RunDirError(f"{root} already holds a run; pass --resume to continue it or --force to delete it and start over")
+    if cfgmod.computed(run.read_config()) != cfgmod.computed(config):
+        raise RunDirError(f"{root} holds a run with a different config; resume it as it is with `lth resume {root}` or choose another --out")
+
+
+@contextmanager
+def claimed(run: RunDir, force: bool = False) -> Iterator[RunDir]:
+    """One writer per run directory: a second process fails instead of interleaving. `force`
+    empties it first (after `prepare` said it is a run). A directory this call created is
+    removed again if the run stops before writing its config, so refused input leaves nothing."""
+    created = not run.root.exists()
+    run.root.mkdir(parents=True, exist_ok=True)
+    lock_path = run.root / ".lock"
+    try:
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(f"{run.root} is in use by another lth process; wait for it or choose another --out") from None
+            if force and run.is_run():
+                for child in run.root.iterdir():
+                    if child.name != ".lock":
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            yield run
+    finally:
+        if created and not run.config.exists():
+            lock_path.unlink(missing_ok=True)
+            if not any(run.root.iterdir()):
+                run.root.rmdir()
+
+
+# ---------------------------------------------------------------- finding runs
+
+
+def find_runs(paths: Sequence[str | os.PathLike], depth: int = 3) -> tuple[list[RunDir], list[str]]:
+    """Run directories under `paths` (each a run, or a study directory holding runs up to
+    `depth` levels down), and one message per path under which none was found. A directory
+    holding any of config.toml, rounds.csv or manifest.json counts as a run, so that a broken
+    one is listed rather than silently passed over."""
+    found: list[RunDir] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def walk(path: Path, left: int) -> list[Path]:
+        if any((path / name).is_file() for name in ("config.toml", "rounds.csv", "manifest.json")):
+            return [path]
+        if left == 0:
+            return []
+        children = sorted(c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".") and c.name not in ("checkpoints", "report"))
+        return [run for child in children for run in walk(child, left - 1)]
+
+    for p in map(Path, paths):
+        if not p.is_dir():
+            problems.append(f"{p}: does not exist" if not p.exists() else f"{p}: not a directory")
+            continue
+        runs = walk(p, depth)
+        if not runs:
+            problems.append(f"{p}: no lth runs found (no config.toml or rounds.csv within {depth} levels)")
+        for run in runs:
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                found.append(RunDir(run))
+    return found, problems

@@ -1,0 +1,40 @@
+"""The seed protocol on one page: every random choice of a study derives from its one `seed`.
+
+θ0 comes from `init`, each epoch's data order from `data` and its coordinates, a round's
+random pruning from `prune` and the round, a round's re-initialisation from `reinit` and the
+round. Each is a pure function of (seed, label, coordinates), so a resumed study draws exactly
+what an uninterrupted one would, on any machine and Python or torch version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from `seed` and a label, stable across Python and torch versions."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def study_seeds(seed: int) -> dict[str, int]:
+    """The seeds recorded in the manifest."""
+    return {"seed": seed, "init_seed": derive_seed(seed, "init"), "data_seed": derive_seed(seed, "data")}
+
+
+def epoch_order(n: int, data_seed: int, round_index: int, epoch: int) -> torch.Tensor:
+    """The training-set permutation of one epoch (epochs count from 1), on the CPU."""
+    generator = torch.Generator().manual_seed(derive_seed(data_seed, "order", round_index, epoch))
+    return torch.randperm(n, generator=generator)
+
+
+def prune_seed(seed: int, round_index: int) -> int:
+    """The draw of a random criterion when it makes round `round_index`'s mask."""
+    return derive_seed(seed, "prune", round_index)
+
+
+def reinit_seed(seed: int, round_index: int) -> int:
+    """θ of the random re-initialisation control in round `round_index`."""
+    return derive_seed(seed, "reinit", round_index)

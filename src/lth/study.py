@@ -1,0 +1,355 @@
+"""The study: round 0 trains the dense network from θ0, then each round prunes, rewinds and
+retrains. One path runs K ≥ 1 studies (a solo run is K = 1; `--parallel K` trains K together).
+
+Each round follows open_lth's runner idea: if the round is committed (its row is in
+rounds.csv), skip it; else mask → rewind → train → commit. The mask is stored before training
+and the row after the checkpoints, and every evaluation saves the round's position, so a study
+resumes where it stopped and ends with the same masks and results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lth import __version__
+from lth import config as cfgmod
+from lth.config import Config, ConfigError
+from lth.data import Splits, load_splits
+from lth.energy import EnergyMeter, EnergyReading, make_meter
+from lth.engine import use_graphs
+from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
+from lth.models import build_model, layer_types
+from lth.progress import Progress
+from lth.pruning import CRITERIA, next_masks, prune_counts
+from lth.rundir import RunDir, RunDirError, claimed, prepare
+from lth.seeds import prune_seed, reinit_seed, study_seeds
+from lth.train import Member, RoundOutcome, RoundState, steps_per_epoch, train_rounds
+
+# With an iteration cadence (eval every N steps) the resume state is written at an evaluation
+# at most this often, so a fast GPU run is not throttled by checkpoint writes.
+RESUME_SAVE_SECONDS = 30.0
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    rounds: list[dict[str, Any]]
+
+
+def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
+    return root / f"{config.name}-{cfgmod.config_hash(config)}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunDirError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def compatible(a: Config, b: Config) -> str | None:
+    """Why two studies cannot train together, or None: they must share the model, the data
+    slice, the schedule and the device (seeds, criteria and rewind points may differ)."""
+    for what, x, y in (("model", a.model, b.model), ("data", a.data, b.data), ("train", a.train, b.train), ("device", a.device, b.device)):
+        if x != y:
+            return f"they differ in {what}"
+    return None
+
+
+def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+              resume: bool = False, force: bool = False, progress: bool | None = None) -> StudyResult:
+    """Run (or continue) one study; `progress=None` shows bars only on a terminal."""
+    return run_studies([config], [out if out is not None else default_run_dir(config)], data_dir, resume, force, progress)[0]
+
+
+def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None,
+                 device: str | None = None) -> StudyResult:
+    """Continue an interrupted study from its own stored config (optionally on another device)."""
+    run = RunDir(Path(run_dir))
+    if not run.is_run():
+        raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
+    config = run.read_config()
+    if device is not None:
+        config = cfgmod.apply_overrides(config, {"device": device})
+    return run_study(config, out=run.root, data_dir=data_dir, resume=True, progress=progress)
+
+
+def run_replicates(config: Config, replicates: int, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                   resume: bool = False, force: bool = False, progress: bool | None = None, parallel: int = 1) -> list[StudyResult]:
+    """K seeds N..N+K-1 of one study, each in `<out>/seed-<s>/`, `parallel` at a time. Every
+    directory is checked before the first starts, so a refused one leaves none half-done."""
+    for flag, value in (("--replicates", replicates), ("--parallel", parallel)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(replicates)]
+    parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
+    outs = [parent / f"seed-{c.seed}" for c in configs]
+    for o, c in zip(outs, configs):
+        prepare(RunDir(o), c, resume, force)
+    results: list[StudyResult] = []
+    for start in range(0, replicates, parallel):
+        chunk = slice(start, start + parallel)
+        results += run_studies(configs[chunk], outs[chunk], data_dir, resume, force, progress)
+    return results
+
+
+def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None,
+                resume: bool = False, force: bool = False, progress: bool | None = None) -> list[StudyResult]:
+    """Run K studies, each into its own run directory; K > 1 train together on one device
+    (one stacked model a round). Everything is checked before anything is written."""
+    if len(configs) != len(outs) or not configs:
+        raise ValueError("run_studies needs one output directory per config")
+    first = configs[0]
+    for c in configs:
+        if (reason := compatible(first, c)) is not None:
+            raise ConfigError(f"--parallel: {c.name} (seed {c.seed}) cannot train together with {first.name} (seed {first.seed}): {reason}; run them separately")
+    runs = [RunDir(Path(o)) for o in outs]
+    if len({r.root.resolve() for r in runs}) != len(runs):
+        raise RunDirError("--parallel: two studies would share one run directory; give each its own --out")
+    for run, c in zip(runs, configs):
+        prepare(run, c, resume, force)
+    device = resolve_device(first.device)
+    use_graphs(first.train.engine, device)  # refuse "graph" on a CPU before writing anything
+    if device.type == "cpu" and len(configs) > 1:
+        print(f"lth: note: training {len(configs)} studies together on a CPU is slower than one after another "
+              "(0.78x measured for 2, benchmarks/cpu_throughput.py); --parallel is meant for GPUs", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        for run in runs:
+            stack.enter_context(claimed(run, force))
+        d = first.data
+        splits = load_splits(data_dir, device=device, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size)
+        studies = [Study.open(run, c, splits) for run, c in zip(runs, configs)]
+        for study in studies:
+            stack.callback(study.meter.close)
+        _run_rounds(studies, progress)
+    return [StudyResult(s.run.root, s.rows) for s in studies]
+
+
+def _run_rounds(studies: list[Study], progress: bool | None) -> None:
+    """Round by round: the studies at the lowest uncommitted round train together, in groups
+    of those that resume from the same iteration."""
+    bars = Progress(sum(s.total_rounds for s in studies), enabled=progress)
+    bars.skip_rounds(sum(len(s.rows) for s in studies))
+    try:
+        while pending := [s for s in studies if len(s.rows) < s.total_rounds]:
+            r = min(len(s.rows) for s in pending)
+            plans = [s.begin_round(r) for s in pending if len(s.rows) == r]
+            groups: dict[int, list[_RoundPlan]] = {}
+            for plan in plans:
+                groups.setdefault(plan.member.resume.steps_done if plan.member.resume else 0, []).append(plan)
+            for position, group in groups.items():
+                lead = group[0]
+                bars.start_round(r, lead.total_steps, position, len(group))
+                persist = lead.member.on_eval
+                lead.member.on_eval = lambda state, persist=persist: (persist(state), bars.end_eval(state.history[-1]))
+                for plan in group:
+                    plan.started = time.perf_counter()  # a group's time is its own
+                lead.study.meter.start()
+                outcomes = train_rounds([p.member for p in group], lead.study.splits, lead.study.config.train, r)
+                energy = lead.study.meter.stop().share(len(group))
+                for plan, outcome in zip(group, outcomes):
+                    row = plan.study.commit(plan, outcome, energy)
+                    label = f"{plan.study.config.name} seed {plan.study.config.seed}" if len(studies) > 1 else ""
+                    bars.end_round(row, plan.study.total_rounds, label=label)
+    finally:
+        bars.close()
+
+
+def pruning_plan(config: Config, model: torch.nn.Module) -> tuple[list[str], dict[str, float] | None]:
+    """The tensors a study prunes, and their rates for scope "layer" (None: one global rate).
+
+    The model's prunable kernels, plus the output layer only if the config gives it a rate
+    (Frankle & Carbin prune it; the seed does not). A tensor's rate is its own, else its layer
+    type's, else `fraction`."""
+    p, types = config.prune, layer_types(model)
+    unknown = sorted(set(p.layer_rates) - set(types))
+    if unknown:
+        raise ConfigError(f"prune.layer_rates: {unknown[0]!r} is not a conv/dense weight of {config.model}; choose from {', '.join(types)}")
+    rates = {n: p.layer_rates.get(n, p.rates.get(kind, p.fraction if kind != "output" else 0.0)) for n, kind in types.items()}
+    names = [n for n, kind in types.items() if kind != "output" or rates[n] > 0]
+    return names, ({n: rates[n] for n in names} if p.scope == "layer" else None)
+
+
+def rewind_weights(config: Config, r: int, run: RunDir, init: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Where round `r`'s survivors restart (before masking). Round 0 always starts at θ0."""
+    if r == 0 or config.rewind == "init":
+        return init
+    if config.rewind_epoch is not None:
+        return run.load(run.rewind_point)
+    if config.rewind == "reinit":
+        return build_model(config.model, reinit_seed(config.seed, r)).state_dict()
+    return run.load(run.checkpoint(r - 1, config.rewind))  # "best" or "final": fine-tuning
+
+
+def _matched_counts(config: Config, names: list[str]) -> list[dict[str, int]] | None:
+    """Per-round kept counts of the run a random control copies (checked before any write)."""
+    if config.prune.match is None:
+        return None
+    other = RunDir(Path(config.prune.match))
+    if not other.is_run():
+        raise RunDirError(f"prune.match: {other.root} is not an lth run directory; give the run whose densities to copy")
+    counts = []
+    for r in range(config.prune.rounds + 1):
+        if not other.mask(r).exists():
+            raise RunDirError(f"prune.match: {other.root} has no mask for round {r}; let it finish or use fewer --rounds")
+        mask = other.load(other.mask(r))
+        if sorted(mask) != sorted(names):
+            raise RunDirError(f"prune.match: {other.root} prunes other tensors ({', '.join(sorted(mask))}); match a run of the same model and output-layer setting")
+        counts.append(count_kept(mask))
+    return counts
+
+
+@dataclass
+class Study:
+    """One study across its rounds: its run directory, θ0 and what every round shares."""
+
+    run: RunDir
+    config: Config
+    model: torch.nn.Module
+    init: dict[str, torch.Tensor]
+    names: list[str]
+    rates: dict[str, float] | None
+    splits: Splits
+    matched: list[dict[str, int]] | None
+    meter: EnergyMeter
+    rows: list[dict[str, Any]]
+
+    @property
+    def total_rounds(self) -> int:
+        return self.config.prune.rounds + 1
+
+    @classmethod
+    def open(cls, run: RunDir, config: Config, splits: Splits) -> Study:
+        """Set a claimed run directory up (config, manifest and θ0 on first use) and read the
+        rounds it has already committed."""
+        seeds = study_seeds(config.seed)
+        model = build_model(config.model, seeds["init_seed"])
+        names, rates = pruning_plan(config, model)
+        matched = _matched_counts(config, names)
+        per_epoch = steps_per_epoch(splits.train_x.shape[0], config.train.batch_size)
+        if config.rewind_epoch is not None and config.rewind_epoch * per_epoch > config.train.round_length(0, per_epoch):
+            raise ConfigError(f"rewind: {config.rewind} is after round 0's last iteration ({config.train.round_length(0, per_epoch)})")
+        if not run.config.exists():
+            run.write_config(config)
+            run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names,
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if not run.init.exists():
+            run.save(run.init, model.state_dict())
+        init = run.load(run.init)
+        meter = make_meter(config.energy.tracker, config.energy.country)
+        return cls(run, config, model, init, names, rates, splits, matched, meter, run.read_rounds())
+
+    def masks_for_round(self, r: int) -> tuple[Masks, int]:
+        """Round r's mask (the stored one if an earlier attempt got that far) and how many
+        weights it pruned."""
+        run, p = self.run, self.config.prune
+        if run.mask(r).exists():
+            masks = run.load(run.mask(r))
+        elif r == 0:
+            masks = full_masks(self.model, self.names)
+        if r == 0:
+            return masks, 0
+        previous = run.load(run.mask(r - 1))
+        if not run.mask(r).exists():
+            uses = CRITERIA[p.criterion].uses
+            best, final = ({} if kind not in uses else run.load(run.checkpoint(r - 1, kind)) for kind in ("best", "final"))
+            counts = prune_counts(previous, self.names, self.rates, p.fraction, self.matched[r] if self.matched else None)
+            masks = next_masks(p.criterion, best, final, self.init, previous, counts, prune_seed(self.config.seed, r))
+        return masks, sum(count_kept(previous).values()) - sum(count_kept(masks).values())
+
+    def begin_round(self, r: int) -> _RoundPlan:
+        """Everything before training: the mask (stored first), the rewind, the saved position
+        of an interrupted attempt, and the callbacks that persist each evaluation."""
+        run, config = self.run, self.config
+        masks, pruned = self.masks_for_round(r)
+        if not run.mask(r).exists():
+            run.save(run.mask(r), masks)
+        self.model.load_state_dict(rewind_weights(config, r, run, self.init))
+        apply_masks_(self.model, masks)  # survivors restart from the rewind point, the rest at 0
+
+        saved = run.load_resume()
+        resume = RoundState.from_file(saved[1], saved[2]) if saved and saved[0] == r else None
+        if saved and resume is None:
+            run.resume_state.unlink()
+        earlier = [m for m in run.read_metrics() if m.get("round", -1) < r]
+        run.write_metrics(earlier + (resume.history if resume else []))
+
+        per_epoch = steps_per_epoch(self.splits.train_x.shape[0], config.train.batch_size)
+        total_steps = config.train.round_length(r, per_epoch)
+        per_eval_save = config.train.eval_every == "epoch"
+        last_save = [time.monotonic()]
+
+        def on_eval(state: RoundState) -> None:
+            now = time.monotonic()
+            if per_eval_save or now - last_save[0] >= RESUME_SAVE_SECONDS or state.steps_done == total_steps:
+                run.save_resume(r, *state.to_file())
+                last_save[0] = now
+                # metrics.jsonl holds exactly the evaluations a resume would not redo.
+                run.append_metrics(state.history[-1:]) if per_eval_save else run.write_metrics(earlier + state.history)
+
+        snapshots = None
+        if r == 0 and config.rewind_epoch is not None and not run.rewind_point.exists():
+            at = config.rewind_epoch * per_epoch
+
+            def snapshots(step: int, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+                if step == at:
+                    run.save(run.rewind_point, weights())
+
+        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, snapshots)
+        elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
+        return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter())
+
+    def commit(self, plan: _RoundPlan, outcome: RoundOutcome, energy: EnergyReading) -> dict[str, Any]:
+        """Store the round's weights, then its rounds.csv row: the round is done."""
+        self.run.save(self.run.best(plan.r), outcome.best)
+        self.run.save(self.run.final(plan.r), outcome.final)
+        row = _round_row(plan, outcome, time.perf_counter() - plan.started)
+        row.update(energy.as_row())
+        if plan.member.resume is not None and energy.kwh is not None:
+            row["energy_method"] += "; resumed round: the interrupted part is not counted"
+        self.rows.append(row)
+        self.run.write_rounds(self.rows)
+        return row
+
+
+@dataclass
+class _RoundPlan:
+    """One study's round between `begin_round` and `commit`."""
+
+    study: Study
+    r: int
+    masks: Masks
+    pruned: int
+    member: Member
+    total_steps: int
+    elapsed_before: float  # seconds an interrupted attempt already spent on this round
+    started: float
+
+
+def _round_row(plan: _RoundPlan, outcome: RoundOutcome, seconds: float) -> dict[str, Any]:
+    """The round's results as DESIGN §1 lists them, one rounds.csv row."""
+    r, config, kept = plan.r, plan.study.config, count_kept(plan.masks)
+    total = sum(m.numel() for m in plan.masks.values())
+    o = outcome
+    return {
+        "round": r, "criterion": config.prune.criterion if r else "none", "rewind": config.rewind if r else "none",
+        "pruning_skipped": r > 0 and plan.pruned == 0, "pruned": plan.pruned,
+        "weights_remaining": sum(kept.values()), "weights_prunable": total, "remaining_pct": 100.0 * sum(kept.values()) / total,
+        "best_epoch": o.best_epoch, "best_step": o.best_step, "best_val_loss": o.best_val_loss, "best_val_acc": o.best_val_acc,
+        "final_val_loss": o.final_val_loss, "final_val_acc": o.final_val_acc, "test_acc_best": o.test_acc_best,
+        "test_acc_final": o.test_acc_final, "test_loss_best": o.test_loss_best, "test_loss_final": o.test_loss_final,
+        "seconds": plan.elapsed_before + seconds, **{f"density/{n}": d for n, d in density(plan.masks).items()},
+    }
