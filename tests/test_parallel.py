@@ -42,9 +42,17 @@ def test_cli_replicates_in_parallel_write_ordinary_run_dirs(tiny_run, data_root,
         for r in range(3):
             mask, final = load_tensors(run.mask(r)), load_tensors(run.final(r))
             assert all(torch.count_nonzero(final[n][~m]) == 0 for n, m in mask.items())
-    # Seed 0 trained together with seed 1 follows the same trajectory as seed 0 alone.
+    # Seed 0 trained together with seed 1 follows the same trajectory as seed 0 alone. Stacked
+    # training runs grouped convolutions, whose float summation order differs from a plain
+    # convolution's, so the two agree to rounding, not bit for bit. The tiny study's round-0
+    # early-stopping point comes a few iterations in, before training amplifies rounding:
+    # measured 1e-7 apart (Intel Xeon, AVX-512). Adam's first steps normalise each gradient
+    # element, so an element with a near-zero gradient may step ±lr in one engine and not the
+    # other; 1e-3 leaves room for that on any CPU (the assertion was 1e-2 before, and failed
+    # there at 1.6% with a tiny study whose early-stopping point came late in the round).
     together, alone = read_rounds_csv(RunDir(out / "seed-0").rounds)[0], read_rounds_csv(solo.rounds)[0]
-    assert math.isclose(float(together["best_val_loss"]), float(alone["best_val_loss"]), rel_tol=1e-2)
+    assert together["best_step"] == alone["best_step"]
+    assert math.isclose(float(together["best_val_loss"]), float(alone["best_val_loss"]), rel_tol=1e-3)
     assert "1/2 of a round" not in together["energy_method"]  # energy off: nothing to share
 
 
