@@ -147,3 +147,11 @@ def test_config_names_the_registries_below_it():
     from lth.pruning import CRITERIA
 
     assert (set(cfgmod.MODELS), set(cfgmod.CRITERIA), set(cfgmod.TRACKERS)) == (set(MODELS), set(CRITERIA), set(TRACKERS))
+
+
+def test_a_config_built_in_python_is_validated_too():
+    """The boundary is the dataclass itself: replace() and direct construction are checked."""
+    with pytest.raises(ConfigError, match=r"prune.fraction: must be in \(0, 1\)"):
+        dataclasses.replace(Config(), prune=cfgmod.PruneConfig(fraction=1.5))
+    with pytest.raises(ConfigError, match="unknown criterion"):
+        Config(prune=cfgmod.PruneConfig(criterion="biggest"))

@@ -128,10 +128,59 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
 
+    def __post_init__(self) -> None:
+        validate(self)  # the config boundary: no Config exists that would run but mean nothing
+
     @property
     def rewind_epoch(self) -> int | None:
         """K of `rewind = "epoch:K"` (late rewinding), else None."""
         return int(self.rewind[6:]) if self.rewind.startswith("epoch:") else None
+
+
+def validate(config: Config) -> None:
+    """Reject values that would run but mean nothing, each with one line naming the key."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    t, p, d = config.train, config.prune, config.data
+    need(config.model in MODELS, f"model: unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
+    need(p.criterion in CRITERIA, f"prune.criterion: unknown criterion {p.criterion!r}; choose one of: {', '.join(CRITERIA)}")
+    need(0.0 < p.fraction < 1.0, f"prune.fraction: must be in (0, 1), got {p.fraction}")
+    need(p.rounds >= 0, f"prune.rounds: must be >= 0, got {p.rounds}")
+    need(t.initial_epochs >= 1, f"train.initial_epochs: must be >= 1, got {t.initial_epochs}")
+    need(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
+    need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
+    need(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
+    need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
+    need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
+    need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
+    need(
+        config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
+        f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
+    )
+    if config.rewind.startswith("epoch:"):
+        k = int(config.rewind[6:])
+        need(t.steps is not None or k <= t.initial_epochs, f"rewind: epoch:{k} is after round 0's last epoch ({t.initial_epochs})")
+    need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
+    need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
+    need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
+    need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
+    bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
+    need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")
+    for key, rate in [*(("rates." + k, v) for k, v in p.rates.items()), *(("layer_rates." + k, v) for k, v in p.layer_rates.items())]:
+        need(0.0 <= rate < 1.0, f"prune.{key}: must be in [0, 1), got {rate}")
+    need(p.scope == "layer" or not (p.rates or p.layer_rates), "prune.rates/layer_rates: per-layer rates need prune.scope = \"layer\"")
+    need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
+    need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
+    need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
+    e = config.energy
+    need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
+    need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
+    for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):
+        need(size is None or 1 <= size <= limit, f"data.{key}: must be between 1 and {limit} (or omitted for all), got {size}")
+    need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")
 
 
 PRESETS: dict[str, Config] = {
@@ -273,9 +322,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, base: Any) -> Any:
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
     """Overlay `data` on `base` (default: the seed preset) and validate the result."""
-    config = _build(Config, data, "", base if base is not None else Config())
-    validate(config)
-    return config
+    return _build(Config, data, "", base if base is not None else Config())
 
 
 def from_toml(text: str, base: Config | None = None, source: str = "config") -> Config:
@@ -339,52 +386,3 @@ def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 def is_settable(key: str) -> bool:
     return key in dotted_keys() or (key.startswith("prune.layer_rates.") and len(key) > len("prune.layer_rates."))
-
-
-# ---------------------------------------------------------------- validation
-
-
-def validate(config: Config) -> None:
-    """Reject values that would run but mean nothing, each with one line naming the key."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
-    t, p, d = config.train, config.prune, config.data
-    need(config.model in MODELS, f"model: unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
-    need(p.criterion in CRITERIA, f"prune.criterion: unknown criterion {p.criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    need(0.0 < p.fraction < 1.0, f"prune.fraction: must be in (0, 1), got {p.fraction}")
-    need(p.rounds >= 0, f"prune.rounds: must be >= 0, got {p.rounds}")
-    need(t.initial_epochs >= 1, f"train.initial_epochs: must be >= 1, got {t.initial_epochs}")
-    need(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
-    need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
-    need(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
-    need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
-    need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
-    need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
-    need(
-        config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
-        f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
-    )
-    if config.rewind.startswith("epoch:"):
-        k = int(config.rewind[6:])
-        need(t.steps is not None or k <= t.initial_epochs, f"rewind: epoch:{k} is after round 0's last epoch ({t.initial_epochs})")
-    need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
-    need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
-    need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
-    need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
-    bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
-    need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")
-    for key, rate in [*(("rates." + k, v) for k, v in p.rates.items()), *(("layer_rates." + k, v) for k, v in p.layer_rates.items())]:
-        need(0.0 <= rate < 1.0, f"prune.{key}: must be in [0, 1), got {rate}")
-    need(p.scope == "layer" or not (p.rates or p.layer_rates), "prune.rates/layer_rates: per-layer rates need prune.scope = \"layer\"")
-    need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
-    need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
-    need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
-    e = config.energy
-    need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
-    need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
-    for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):
-        need(size is None or 1 <= size <= limit, f"data.{key}: must be between 1 and {limit} (or omitted for all), got {size}")
-    need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")
