@@ -250,20 +250,14 @@ def to_toml(config: Config) -> str:
 
 
 def computed(config: Config) -> dict[str, Any]:
-    """The part of a config that decides a study's results: all but where and how it executes
-    (device, engine, memory layout) and the energy recording."""
+    """What decides a study's results: all but where and how it executes (device, engine,
+    memory layout) and the energy recording. Its hash names the default run directory."""
     execution = replace(config.train, engine="auto", channels_last=False)
     return to_dict(replace(config, device="auto", energy=EnergyConfig(), train=execution))
 
 
 def config_hash(config: Config) -> str:
-    """Short stable hash of what the study computes (execution settings and energy excluded)."""
-    payload = computed(config)
-    return hashlib.sha256(tomli_w.dumps(payload).encode()).hexdigest()[:8]
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return hashlib.sha256(tomli_w.dumps(computed(config)).encode()).hexdigest()[:8]
 
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -271,19 +265,17 @@ _FROM_TEXT = {bool: lambda text: _BOOLS[text.lower()], int: int, float: float}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check (and, for CLI strings, parse) one value against its annotation."""
+    """Check one value against its annotation; a string from the command line is parsed."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "all")):
             return None
-        return _coerce(value, options[0], key)
+        return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)), key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table like {{conv = 0.1}}, got {value!r}")
-        value_type = typing.get_args(annotation)[1]
-        return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, str) and annotation in _FROM_TEXT:  # a command-line value
+        return {str(k): _coerce(v, typing.get_args(annotation)[1], f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, str) and annotation in _FROM_TEXT:
         try:
             value = _FROM_TEXT[annotation](value)
         except (KeyError, ValueError):
@@ -292,69 +284,63 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return annotation(value)  # 3 for a float; eval_every = 100 in TOML
     if type(value) is annotation:
         return value
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{key}: expected {name}, got {value!r}")
+    raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, base: Any) -> Any:
+    """`base` with the entries of `data` (checked, nested tables recursively) replaced."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
-    hints = _field_types(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    hints, names = typing.get_type_hints(cls), [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; known keys: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; known keys: {', '.join(sorted(names))}")
     values = {}
-    for f in fields(cls):
-        current = getattr(base, f.name)
-        if f.name not in data:
-            values[f.name] = current
-            continue
-        key = prefix + f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            values[f.name] = _build(hints[f.name], data[f.name], key + ".", current)
+    for name in names:
+        value, hint = data.get(name), hints[name]
+        if name not in data:
+            values[name] = getattr(base, name)
+        elif dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.", getattr(base, name))
         else:
-            values[f.name] = _coerce(data[f.name], hints[f.name], key)
+            values[name] = _coerce(value, hint, prefix + name)
     return cls(**values)
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    """Overlay `data` on `base` (default: the seed preset) and validate the result."""
+    """Overlay `data` on `base` (default: the seed preset); the result validates itself."""
     return _build(Config, data, "", base if base is not None else Config())
 
 
 def from_toml(text: str, base: Config | None = None, source: str = "config") -> Config:
     try:
-        data = tomllib.loads(text)
+        return from_dict(tomllib.loads(text), base)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
-    return from_dict(data, base)
 
 
 def load(path: str | Path, base: Config | None = None) -> Config:
-    path = Path(path)
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     return from_toml(text, base, source=str(path))
 
 
+TABLES = ("prune.rates", "prune.layer_rates")  # their entries are set one by one: --prune.rates.conv 0.1
+
+
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
-    """Apply dotted `key -> string value` overrides such as {'train.epochs': '3'}."""
+    """Dotted `key -> value` overrides such as {'train.epochs': '3'}; an entry of a table
+    merges into the table (tensor names hold dots, so they are not split)."""
     nested: dict[str, Any] = {}
     for dotted, value in overrides.items():
-        table = next((t for t in DICT_KEYS if dotted.startswith(t + ".")), None)
-        if table is not None:  # one entry of a table merges into the table it overrides
-            name, entry = table.split(".")[1], dotted[len(table) + 1 :]
-            merged = nested.setdefault("prune", {}).setdefault(name, dict(getattr(config.prune, name)))
-            merged[entry] = value
-            continue
-        parts = dotted.split(".")
+        table = next((t for t in TABLES if dotted.startswith(t + ".")), None)
+        parts = [*table.split("."), dotted[len(table) + 1:]] if table else dotted.split(".")
         node = nested
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            if table and depth == 1 and part not in node:
+                node[part] = dict(getattr(config.prune, part))
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted!r} conflicts with another override")
@@ -362,25 +348,16 @@ def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
     return from_dict(nested, config)
 
 
-DICT_KEYS = ("prune.rates", "prune.layer_rates")
-
-
 def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every settable key, for `--help` and for suggesting the fix to a typo.
-
-    Table entries are listed as `prune.rates.conv` etc. and `prune.layer_rates.NAME`.
-    """
-    hints = _field_types(cls)
+    """Every settable key, for `--help` and for suggesting the fix to a typo; table entries
+    as `prune.rates.conv` etc. and `prune.layer_rates.NAME`."""
     keys = []
     for f in fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += dotted_keys(hints[f.name], prefix + f.name + ".")
-        elif prefix + f.name == "prune.rates":
-            keys += [f"prune.rates.{t}" for t in LAYER_TYPES]
-        elif prefix + f.name == "prune.layer_rates":
-            keys.append("prune.layer_rates.NAME")
+        key, hint = prefix + f.name, typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += dotted_keys(hint, key + ".")
         else:
-            keys.append(prefix + f.name)
+            keys += {"prune.rates": [f"{key}.{t}" for t in LAYER_TYPES], "prune.layer_rates": [f"{key}.NAME"]}.get(key, [key])
     return keys
 
 

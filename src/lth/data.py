@@ -1,8 +1,6 @@
-"""CIFAR-10: find, download, verify, load and split (DESIGN §1 "Data", §7).
-
-Disk and network stay in ``ensure_cifar10`` and ``load_batch``; splitting and slicing are pure.
-Images stay uint8 until ``to_float`` runs on the training device, so a quarter of the bytes cross.
-"""
+"""CIFAR-10: find, download, verify, load and split (DESIGN §1 "Data", §7). Disk and network stay in
+``ensure_cifar10`` and ``load_batch``; splitting and slicing are pure. Images stay uint8 until
+``to_float`` runs on the training device, so a quarter of the bytes cross."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ import functools
 import hashlib
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -45,8 +42,6 @@ ROW_SIZE = 3 * 32 * 32
 ROWS_PER_BATCH = 10_000
 VAL_SIZE = 5_000
 
-_TMP_PREFIX = ".lth-cifar10-"
-
 
 class DataError(Exception):
     """A data problem the user can fix; the message is one line naming the file and the fix."""
@@ -57,10 +52,7 @@ class DataError(Exception):
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """The data folder: the argument, else $LTH_DATA_DIR, else the per-user cache (one download per machine).
-
-    Made absolute here, where it is read, so a later chdir or a subprocess started elsewhere
-    cannot re-interpret a relative path against another working directory.
-    """
+    Made absolute here, where it is read, so a later chdir or subprocess cannot re-interpret it."""
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get(DATA_ENV_VAR) or Path(platformdirs.user_cache_dir("lth")) / "data"
     return Path(data_dir).expanduser().resolve()
@@ -78,10 +70,8 @@ def find_batches_dir(root: Path) -> Path | None:
 
 def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
     """Return the batches dir under ``root``, downloading, MD5-checking and extracting it if needed.
-
-    Extraction goes to a temporary folder inside ``root``, moved into place with one ``os.rename``:
-    an interrupted run leaves either nothing or a complete folder.
-    """
+    The work happens in a temporary folder inside ``root``, moved into place with one ``os.rename``, so
+    an interrupted run leaves either nothing or a complete folder."""
     root = Path(root)
     if (found := find_batches_dir(root)) is not None:
         return found
@@ -94,17 +84,15 @@ def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md
                         f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has it, or allow downloading")
 
     root.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tar.gz.part", dir=root)
-    os.close(fd)
-    archive, extract_dir = Path(name), None
-    try:
+    with tempfile.TemporaryDirectory(prefix=".lth-cifar10-", dir=root, ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        archive = work / "cifar-10-python.tar.gz"
         digest = _download(url, archive)
         if digest != md5.lower():
             raise DataError(f"MD5 mismatch for {url}: got {digest}, expected {md5}; "
                             "the download is corrupt or not CIFAR-10, retry or fetch it by hand")
-        extract_dir = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=".extract", dir=root))
-        _safe_extract(archive, extract_dir, source=url)
-        extracted = extract_dir / BATCHES_DIRNAME
+        _safe_extract(archive, work / "extracted", source=url)
+        extracted = work / "extracted" / BATCHES_DIRNAME
         if _missing(extracted):
             raise DataError(f"archive from {url} has no complete {BATCHES_DIRNAME}/ folder; "
                             "check the URL points at the CIFAR-10 python archive")
@@ -114,10 +102,6 @@ def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md
             if _missing(target):  # else another process finished the same download first: use its copy
                 raise DataError(f"cannot move the extracted data to {target}: {exc}; check that folder") from exc
         return target
-    finally:
-        archive.unlink(missing_ok=True)
-        if extract_dir is not None:
-            shutil.rmtree(extract_dir, ignore_errors=True)
 
 
 def _download(url: str, dest: Path) -> str:
@@ -160,9 +144,8 @@ def _safe_extract(archive: Path, dest: Path, source: str) -> None:
                         "the archive is damaged or unsafe, retry the download") from exc
 
 
-# The only globals a CIFAR-10 batch references: numpy's ndarray-rebuilding pieces, under their
-# numpy 1 names (the official archive) and numpy 2 names (re-pickled copies). Mapping to objects,
-# not importing by name, avoids numpy 2's numpy.core deprecation warning.
+# The only globals a CIFAR-10 batch references: numpy's ndarray-rebuilding pieces under numpy 1 (official
+# archive) and numpy 2 (re-pickled) names, mapped to objects so numpy 2 never warns about numpy.core.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -186,10 +169,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one batch file: uint8 images (N, 3, 32, 32) and int64 labels (N,).
-
-    Any row count is accepted (``load_cifar10`` insists on 10,000) so small test batches load.
-    """
+    """Read and check one batch file: uint8 images (N, 3, 32, 32) and int64 labels (N,). Any row
+    count is accepted (``load_cifar10`` insists on 10,000) so small test batches load."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -241,10 +222,8 @@ def load_cifar10(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), test_x, test_y
 
 
-@functools.lru_cache(maxsize=2)
-def _load_cifar10_cached(batches_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Decode once per process: unpickling 180 MB takes seconds, and tests and studies reload often."""
-    return load_cifar10(Path(batches_dir))
+# Decode once per resolved folder and process: unpickling 180 MB takes seconds; tests and studies reload often.
+_load_cifar10_cached = functools.lru_cache(maxsize=2)(load_cifar10)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensor comparison has no single truth value
@@ -273,13 +252,11 @@ def split_train_val(train_x: np.ndarray, train_y: np.ndarray,
 def load_splits(data_dir: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
                 train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
                 download: bool = True) -> Splits:
-    """Resolve, fetch if needed, load and split CIFAR-10 (45k / 5k / 10k) onto ``device``.
-
-    The optional sizes keep the first rows of each part (None = all) for quick smoke runs; the
-    split itself never changes, so a smoke run still validates on real validation images.
-    """
+    """Resolve, fetch if needed, load and split CIFAR-10 (45k / 5k / 10k) onto ``device``. The optional
+    sizes keep the first rows of each part (None = all) for quick smoke runs; the split itself never
+    changes, so a smoke run still validates on real validation images."""
     batches_dir = ensure_cifar10(resolve_data_dir(data_dir), download=download)
-    train_x, train_y, test_x, test_y = _load_cifar10_cached(str(batches_dir.resolve()))
+    train_x, train_y, test_x, test_y = _load_cifar10_cached(batches_dir.resolve())
     tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, VAL_SIZE)
     dev = torch.device(device)
 

@@ -1,22 +1,14 @@
-"""How one training iteration runs on the hardware; `train.train_rounds` is the loop above it.
-
-- `ModuleEngine` (K = 1): the study's own module, optionally channels-last on CPU.
-- `StackedEngine` (K ≥ 2): K studies of one architecture with their parameters stacked on a
-  leading axis, run under `torch.func.vmap` (K convolutions become one grouped convolution).
-  Adam is elementwise, so one Adam over the stacked tensors is exactly K Adams.
-- `GraphedStep` (CUDA): either engine's whole iteration (gather, scale, forward, backward,
-  Adam, re-mask, metric sums) captured once as a CUDA graph and replayed; the graph reads the
-  batch's indices from a static buffer, so the host never waits on the GPU inside an epoch.
-
-Every engine runs the same `body`, eagerly or captured, so the fast paths cannot drift from the
-eager one: on CPU a run is bit-for-bit reproducible.
-"""
+"""How one training iteration runs (`train.train_rounds` is the loop above it): one study's module
+(`ModuleEngine`), K studies stacked under `torch.func.vmap` (`StackedEngine`; Adam is elementwise,
+so one Adam over stacked tensors is K Adams), either replayed as a CUDA graph (`GraphedStep`).
+Every path runs the same `body`, so none can drift from the eager one (bit-for-bit on CPU)."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,11 +32,9 @@ def use_graphs(engine: str, device: torch.device) -> bool:
 
 @contextmanager
 def numerics(tf32: bool, device: torch.device) -> Iterator[None]:
-    """TF32 for CUDA matmuls and convolutions as `train.tf32` says, and cuDNN's autotuner on
-    CUDA; the global flags are restored afterwards. No effect on CPU arithmetic."""
+    """TF32 as `train.tf32` says and cuDNN's autotuner on CUDA, restored afterwards; no effect on CPU."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = device.type == "cuda"
     try:
         yield
@@ -53,25 +43,17 @@ def numerics(tf32: bool, device: torch.device) -> Iterator[None]:
 
 
 def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
-    """Adam with Keras' epsilon (1e-7, not PyTorch's 1e-8); a fresh one every round.
-
-    CPU: the multi-tensor (foreach) kernels. CUDA: the fused kernel, capturable when the step
-    is graphed (its step counter then lives on the GPU).
-    """
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
-    if device.type == "cuda":
-        return torch.optim.Adam(params, fused=True, capturable=capturable, **kwargs)
-    return torch.optim.Adam(params, foreach=True, **kwargs)
+    """Adam with Keras' epsilon, fresh every round: foreach kernels on CPU, fused on CUDA
+    (capturable when the step is graphed: its step counter then lives on the GPU)."""
+    flags: dict[str, bool] = {"fused": True, "capturable": capturable} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **flags)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
-    """Load a saved Adam state into an optimizer that may run another kernel (a CPU-saved state
-    resumed on a graphed GPU step, say): the saved state keeps its numbers, this optimizer keeps
-    its implementation flags."""
-    groups = [
-        {**saved, **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
-        for saved, mine in zip(state["param_groups"], optimizer.param_groups)
-    ]
+    """Load a saved Adam state into an optimizer that may run another kernel: the saved state
+    keeps its numbers, this optimizer keeps its implementation flags."""
+    groups = [{**saved, **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
+              for saved, mine in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
 
 
@@ -83,8 +65,7 @@ def host_copy(tensor: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                    prepare: Callable[[torch.Tensor], torch.Tensor] = to_float) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` over a uint8 split, in large batches, with
-    one host sync at the end."""
+    """Mean cross-entropy and accuracy over a uint8 split, in large batches, with one host sync."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
@@ -99,47 +80,64 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return float(loss_sum) / n, int(correct) / n
 
 
-class ModuleEngine:
-    """One study: its module trained in place."""
+class _Engine:
+    """What both engines share: Adam, the per-study metric sums, per-study optimizer state."""
+
+    stacked = False  # tensors carry a leading study axis
+
+    def __init__(self, k: int, params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool) -> None:
+        self.k = k
+        self.optimizer = make_optimizer(params, cfg, device, capturable)
+        self.loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
+        self.correct = torch.zeros(k, device=device, dtype=torch.int64)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _finish(self, total: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """The end of every iteration: backward, Adam, re-mask, then the metric sums."""
+        total.backward()
+        self.optimizer.step()
+        self.remask()
+        with torch.no_grad():
+            self.loss_sum += losses.detach().double() * labels.shape[-1]
+            self.correct += (logits.argmax(-1) == labels).sum(-1)
+
+    def optimizer_state(self, k: int = 0) -> dict[str, Any]:
+        """Study k's Adam state, in the format a single study's Adam saves."""
+        full = self.optimizer.state_dict()
+        state = {
+            pid: {key: host_copy(v[k] if self.stacked and key != "step" else v) for key, v in entry.items()}
+            for pid, entry in full["state"].items()
+        }
+        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+
+class ModuleEngine(_Engine):
+    """One study: its module trained in place (channels-last on CPU if `train.channels_last`)."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
-        self.k = 1
         self.channels_last = cfg.channels_last and device.type == "cpu"
         self.model = model.to(device).train()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(model.parameters(), cfg, device, capturable)
+        super().__init__(1, model.parameters(), cfg, device, capturable)
         self.remask = MaskApplier(model, masks)
         self.remask()
-        self.loss_sum = torch.zeros(1, device=device, dtype=torch.float64)
-        self.correct = torch.zeros(1, device=device, dtype=torch.int64)
 
     def _input(self, images_uint8: torch.Tensor) -> torch.Tensor:
         x = to_float(images_uint8)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """One iteration on a [1, B] batch; gradients must be unset (or the graph's own)."""
-        x, y = images[0], labels[0]
-        logits = self.model(self._input(x))
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        self.optimizer.step()
-        self.remask()
-        with torch.no_grad():
-            self.loss_sum += loss.detach().double() * y.shape[0]
-            self.correct += (logits.argmax(1) == y).sum()
-
     def state(self, k: int = 0) -> StateDict:
         return {name: host_copy(v) for name, v in self.model.state_dict().items()}
 
-    def optimizer_state(self, k: int = 0) -> dict[str, Any]:
-        full = self.optimizer.state_dict()
-        state = {pid: {key: host_copy(v) for key, v in entry.items()} for pid, entry in full["state"].items()}
-        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+    def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One iteration on a [1, B] batch; gradients must be unset (or the graph's own)."""
+        y = labels[0]
+        logits = self.model(self._input(images[0]))
+        loss = F.cross_entropy(logits, y)
+        self._finish(loss, loss, logits, y)
 
     def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
         self.model.load_state_dict(states[0])
@@ -157,8 +155,10 @@ class ModuleEngine:
             self.model.to(memory_format=torch.contiguous_format)
 
 
-class StackedEngine:
-    """K studies of one architecture in one stacked, vmapped model."""
+class StackedEngine(_Engine):
+    """K studies of one architecture in one stacked, vmapped model (K convolutions become one grouped one)."""
+
+    stacked = True
 
     def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
         first = models[0]
@@ -168,24 +168,13 @@ class StackedEngine:
             raise ValueError("studies trained together must use the same model")
         if len({frozenset(m) for m in masks}) != 1:
             raise ValueError("studies trained together must prune the same tensors")
-        self.k = len(models)
-        self.names = [name for name, _ in first.named_parameters()]
         members = [dict(m.named_parameters()) for m in models]
-        self.params = {
-            name: torch.stack([p[name].detach().to(device) for p in members]).requires_grad_()
-            for name in self.names
-        }
-        masked = list(masks[0])
-        self.masked = [self.params[name] for name in masked]
-        self.factors = [torch.stack([m[name] for m in masks]).to(device=device, dtype=self.params[name].dtype) for name in masked]
+        self.params = {name: torch.stack([p[name].detach().to(device) for p in members]).requires_grad_() for name in members[0]}
+        self.masked = [self.params[name] for name in masks[0]]
+        self.factors = [torch.stack([m[name] for m in masks]).to(device=device, dtype=self.params[name].dtype) for name in masks[0]]
         self.template = copy.deepcopy(first).to("meta")
-        self.optimizer = make_optimizer(self.params.values(), cfg, device, capturable)
-        self.loss_sum = torch.zeros(self.k, device=device, dtype=torch.float64)
-        self.correct = torch.zeros(self.k, device=device, dtype=torch.int64)
-
-        def call(params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return torch.func.functional_call(self.template, params, (x,))
-
+        super().__init__(len(models), self.params.values(), cfg, device, capturable)
+        call = partial(torch.func.functional_call, self.template)  # (params, x) -> logits
         self.forward = torch.func.vmap(call, in_dims=(0, 0))
         self.forward_shared = torch.func.vmap(call, in_dims=(0, None))  # one split, K models
         self.remask()
@@ -195,52 +184,27 @@ class StackedEngine:
         if self.masked:
             torch._foreach_mul_(self.masked, self.factors)
 
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def state(self, k: int) -> StateDict:
+        return {name: host_copy(v[k]) for name, v in self.params.items()}
 
     def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """One iteration on a [K, B] batch: each study's mean loss, summed, so that every
-        study's gradient is its own."""
+        """One iteration on a [K, B] batch; summing the studies' mean losses gives each its own gradient."""
         logits = self.forward(self.params, to_float(images))
         losses = torch.func.vmap(F.cross_entropy)(logits, labels)
-        losses.sum().backward()
-        self.optimizer.step()
-        self.remask()
-        with torch.no_grad():
-            self.loss_sum += losses.detach().double() * labels.shape[1]
-            self.correct += (logits.argmax(-1) == labels).sum(1)
-
-    def state(self, k: int) -> StateDict:
-        return {name: host_copy(self.params[name][k]) for name in self.names}
-
-    def optimizer_state(self, k: int) -> dict[str, Any]:
-        """Study k's slice, in the format a single study's Adam saves."""
-        full = self.optimizer.state_dict()
-        state = {
-            pid: {key: host_copy(v if key == "step" else v[k]) for key, v in entry.items()}
-            for pid, entry in full["state"].items()
-        }
-        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+        self._finish(losses.sum(), losses, logits, labels)
 
     @torch.no_grad()
     def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        for name in self.names:
-            self.params[name].copy_(torch.stack([s[name] for s in states]))
+        for name, param in self.params.items():
+            param.copy_(torch.stack([s[name] for s in states]))
         self.remask()
 
     def load_optimizer(self, states: Sequence[Mapping[str, Any]]) -> None:
-        steps = {float(s["state"][pid]["step"]) for s in states for pid in s["state"]}
-        if len(steps) > 1:
+        if len({float(s["state"][pid]["step"]) for s in states for pid in s["state"]}) > 1:
             raise ValueError("studies trained together must resume from the same iteration")
-        first = states[0]
-        stacked = {
-            pid: {
-                key: v if key == "step" else torch.stack([s["state"][pid][key] for s in states])
-                for key, v in entry.items()
-            }
-            for pid, entry in first["state"].items()
-        }
-        load_optimizer_state(self.optimizer, {"state": stacked, "param_groups": first["param_groups"]})
+        stacked = {pid: {key: v if key == "step" else torch.stack([s["state"][pid][key] for s in states]) for key, v in entry.items()}
+                   for pid, entry in states[0]["state"].items()}
+        load_optimizer_state(self.optimizer, {"state": stacked, "param_groups": states[0]["param_groups"]})
 
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
@@ -270,13 +234,9 @@ def eager_step(engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, idx
 
 
 class GraphedStep:
-    """An engine's iteration replayed as one CUDA graph.
-
-    The first `WARMUP` full batches of a round run eagerly on a side stream (they are real
-    iterations: they create Adam's state and let cuDNN pick its kernels), the next is captured
-    and then every full batch replays it. A partial last batch runs eagerly. Capture records
-    without executing, so the captured iteration is replayed right after capture.
-    """
+    """An engine's iteration as one CUDA graph: `WARMUP` eager full batches on a side stream (they
+    create Adam's state and let cuDNN pick kernels), then one capture replayed for every full
+    batch (capture does not execute); a partial batch runs eagerly."""
 
     WARMUP = 3
 
@@ -288,16 +248,14 @@ class GraphedStep:
 
     def __call__(self, idx: torch.Tensor) -> None:
         if idx.shape != self.idx.shape:
-            eager_step(self.engine, self.train_x, self.train_y, idx)
-            return
+            return eager_step(self.engine, self.train_x, self.train_y, idx)
         if self.graph is None and self.warm < self.WARMUP:
-            with side_stream():
-                eager_step(self.engine, self.train_x, self.train_y, idx)
             self.warm += 1
-            return
+            with side_stream():
+                return eager_step(self.engine, self.train_x, self.train_y, idx)
         if self.graph is None:
-            # Unset gradients: backward inside the capture allocates them from the graph's
-            # pool, so every replay overwrites (never accumulates) them.
+            # Unset gradients: the captured backward allocates them from the graph's pool, so
+            # every replay overwrites (never accumulates) them.
             self.engine.zero_grad()
             self.graph = capture(lambda: self.engine.body(self.train_x[self.idx], self.train_y[self.idx]))
         self.idx.copy_(idx)
@@ -306,8 +264,7 @@ class GraphedStep:
 
 @contextmanager
 def side_stream() -> Iterator[None]:
-    """Run the enclosed work on a fresh CUDA stream ordered after (and before) the current one,
-    as warm-up before a capture must."""
+    """Run the enclosed work on a fresh CUDA stream ordered after (and before) the current one."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

@@ -1,8 +1,5 @@
-"""Pruning masks: `state_dict` name → bool tensor (True kept, False pruned).
-
-Masks are applied in place after every optimizer step and whenever weights are loaded or
-rewound, so a pruned weight is exactly zero in every forward pass and every saved checkpoint.
-"""
+"""Pruning masks: `state_dict` name → bool tensor (True kept, False pruned). They are re-applied in
+place after every optimizer step and every load or rewind, so pruned weights stay exactly zero."""
 
 from __future__ import annotations
 
@@ -21,25 +18,18 @@ def full_masks(model: nn.Module, names: Iterable[str]) -> Masks:
 
 
 class MaskApplier:
-    """Re-applies masks to a model's parameters with one fused in-place multiply.
-
-    Built once per round so the per-step cost is a single `_foreach_mul_` with no Python loop
-    over layers or host copies.
-    """
+    """One fused in-place multiply per step; built once per round, so no per-layer loop or host copy."""
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         params = dict(model.named_parameters())
-        missing = sorted(set(masks) - set(params))
-        if missing:
+        if missing := sorted(set(masks) - set(params)):
             raise KeyError(f"mask for unknown parameter {missing[0]!r}")
         self.params = [params[name] for name in masks]
-        self.factors = [
-            masks[name].to(device=params[name].device, dtype=params[name].dtype) for name in masks
-        ]
+        self.factors = [masks[name].to(param) for name, param in zip(masks, self.params)]  # dtype, device
 
     @torch.no_grad()
     def __call__(self) -> None:
-        if self.params:
+        if self.params:  # _foreach_mul_ rejects empty lists
             torch._foreach_mul_(self.params, self.factors)
 
 
@@ -55,4 +45,3 @@ def count_kept(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
 def density(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """Fraction kept per layer."""
     return {name: float(mask.sum()) / mask.numel() for name, mask in masks.items()}
-

@@ -1,15 +1,11 @@
 """Model registry and each model's declaration of which tensors may be pruned.
 
-The seed study was written in Keras, so `seed-cnn` reproduces Keras' defaults rather than
-PyTorch's: 'valid' padding, Glorot-uniform kernels and zero biases. `conv2`, `conv4` and `conv6`
-are Frankle & Carbin's (ICLR 2019) Conv-2/4/6: 'same' padding and Glorot-normal kernels with zero
-biases. Each registry entry (`ModelSpec`) carries its model's initialisation scheme, so
-`build_model` draws θ0 the way that model's reference did.
+Each model draws θ0 the way its reference did: `seed-cnn` reproduces the seed study's Keras
+defaults ('valid' padding, Glorot-uniform kernels, zero biases); `conv2`/`conv4`/`conv6` are
+Frankle & Carbin's (ICLR 2019) Conv-2/4/6 ('same' padding, Glorot-normal kernels, zero biases).
 
-Which tensors are prunable is decided by module type (every conv and dense kernel except the
-output layer), never by matching parameter names, so renaming a layer cannot silently change what
-a criterion sees. `layer_types` classifies the same kernels as conv / dense / output for
-per-layer-type pruning rates.
+Prunable tensors are chosen by module type (every conv and dense kernel except the output layer),
+never by parameter name, so renaming a layer cannot silently change what a criterion sees.
 """
 
 from __future__ import annotations
@@ -22,73 +18,49 @@ import torch
 from torch import nn
 
 
-def dense_head(in_features: int, num_classes: int) -> tuple[nn.Sequential, nn.Linear]:
-    """Dense 256-256 with ReLUs, and the output layer: the head every registered model shares."""
-    classifier = nn.Sequential(nn.Linear(in_features, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
-    return classifier, nn.Linear(256, num_classes)
-
-
-class SeedCNN(nn.Module):
-    """The seed study's CNN: 2×(conv-conv-pool), dense 256-256, dense 10 (logits)."""
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(64, 128, 3),
-            nn.ReLU(),
-            nn.Conv2d(128, 128, 3),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.classifier, self.output = dense_head(5 * 5 * 128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.classifier(self.features(x)))
-
-
 class ConvNet(nn.Module):
-    """Frankle & Carbin's Conv-2/4/6: modules of two 3×3 'same' convs + 2×2 max-pool, then
-    dense 256-256 and dense 10 (logits) — the same `features` / `classifier` / `output` layout as
-    `SeedCNN`.
-
-    `widths` gives each module's channel count: (64,) Conv-2, (64, 128) Conv-4,
-    (64, 128, 256) Conv-6. Input is 3×32×32, so the flattened size is
-    (32 / 2**len(widths))² × widths[-1].
-    """
+    """Modules of two 3×3 convs + 2×2 max-pool, one per entry of `widths`, then dense 256-256
+    and the output layer (logits): (64,) is Conv-2, (64, 128) Conv-4, (64, 128, 256) Conv-6."""
 
     def __init__(self, widths: tuple[int, ...], num_classes: int = 10, in_channels: int = 3,
-                 image_size: int = 32) -> None:
+                 image_size: int = 32, padding: int = 1) -> None:
         super().__init__()
         if not widths:
             raise ValueError("ConvNet needs at least one conv module")
+        trim = 2 - 2 * padding  # how much each 3×3 conv shrinks the side: 0 with 'same' padding, 2 with 'valid'
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels, side = in_channels, image_size
         for width in widths:
             layers += [
-                nn.Conv2d(channels, width, 3, padding=1),
+                nn.Conv2d(channels, width, 3, padding=padding),
                 nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1),
+                nn.Conv2d(width, width, 3, padding=padding),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
-            channels = width
+            channels, side = width, (side - 2 * trim) // 2
         layers.append(nn.Flatten())
         self.features = nn.Sequential(*layers)
-        side = image_size // 2 ** len(widths)
-        self.classifier, self.output = dense_head(side * side * channels, num_classes)
+        self.classifier = nn.Sequential(
+            nn.Linear(side * side * channels, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU()
+        )
+        self.output = nn.Linear(256, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.classifier(self.features(x)))
 
 
-def _init_kernels_(model: nn.Module, kernel_init: Callable[..., torch.Tensor],
-                   generator: torch.Generator | None) -> None:
+class SeedCNN(ConvNet):
+    """The seed study's CNN: Conv-4's layout with Keras' 'valid' padding (5×5×128 reach the dense
+    layers)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__((64, 128), num_classes, padding=0)
+
+
+def _init_kernels_(kernel_init: Callable[..., torch.Tensor], model: nn.Module,
+                   generator: torch.Generator | None = None) -> None:
+    """`kernel_init` on every Conv2d/Linear kernel, zeros on their biases."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             kernel_init(module.weight, generator=generator)
@@ -96,24 +68,14 @@ def _init_kernels_(model: nn.Module, kernel_init: Callable[..., torch.Tensor],
                 nn.init.zeros_(module.bias)
 
 
-def keras_init_(model: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Glorot-uniform kernels and zero biases, as Keras initialises Conv2D and Dense.
+# Keras' Conv2D/Dense default. PyTorch's conv fans (channels × receptive field) equal Keras', so
+# `xavier_uniform_` draws from the same distribution.
+keras_init_ = partial(_init_kernels_, nn.init.xavier_uniform_)
 
-    PyTorch's fan computation for conv kernels (in/out channels × receptive field) equals
-    Keras', so `xavier_uniform_` gives the same distribution.
-    """
-    _init_kernels_(model, nn.init.xavier_uniform_, generator)
-
-
-def glorot_normal_init_(model: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Glorot-normal kernels (std sqrt(2 / (fan_in + fan_out)), untruncated) and zero biases,
-    as Frankle & Carbin initialise Conv-2/4/6."""
-    _init_kernels_(model, nn.init.xavier_normal_, generator)
-
-
-INITIALISERS: dict[str, Callable[[nn.Module, torch.Generator | None], None]] = {
+INITIALISERS: dict[str, Callable[..., None]] = {
     "glorot_uniform": keras_init_,
-    "glorot_normal": glorot_normal_init_,
+    # Frankle & Carbin: std sqrt(2 / (fan_in + fan_out)), untruncated.
+    "glorot_normal": partial(_init_kernels_, nn.init.xavier_normal_),
 }
 
 
@@ -143,9 +105,8 @@ def build_model(name: str, seed: int) -> nn.Module:
 
 def output_layer(model: nn.Module) -> nn.Module:
     """The layer producing the logits: the model's `output` attribute, else its last Linear."""
-    explicit = getattr(model, "output", None)
-    if isinstance(explicit, nn.Module):
-        return explicit
+    if isinstance(getattr(model, "output", None), nn.Module):
+        return model.output
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError("model has no Linear output layer")
@@ -153,11 +114,8 @@ def output_layer(model: nn.Module) -> nn.Module:
 
 
 def layer_types(model: nn.Module) -> dict[str, str]:
-    """Every Conv2d/Linear kernel's `state_dict` name → "conv", "dense" or "output".
-
-    The output layer (as `output_layer` finds it) is "output" whatever its type; other Conv2d
-    kernels are "conv" and other Linear kernels "dense". Parameter order; biases are left out.
-    """
+    """Every Conv2d/Linear kernel's `state_dict` name → "conv", "dense" or "output" (the
+    `output_layer`, whatever its type), in parameter order; biases are left out."""
     out = output_layer(model)
     types = {}
     for module_name, module in model.named_modules():

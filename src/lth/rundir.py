@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,20 +48,12 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    with _suppress_os():  # make the rename itself durable where directories can be opened
+    with suppress(OSError):  # make the rename itself durable where directories can be opened
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-@contextmanager
-def _suppress_os() -> Iterator[None]:
-    try:
-        yield
-    except OSError:
-        pass
 
 
 def _parse_cell(column: str, text: str) -> Any:

@@ -62,10 +62,7 @@ def resolve_device(name: str) -> torch.device:
 def compatible(a: Config, b: Config) -> str | None:
     """Why two studies cannot train together, or None: they must share the model, the data
     slice, the schedule and the device (seeds, criteria and rewind points may differ)."""
-    for what, x, y in (("model", a.model, b.model), ("data", a.data, b.data), ("train", a.train, b.train), ("device", a.device, b.device)):
-        if x != y:
-            return f"they differ in {what}"
-    return None
+    return next((f"they differ in {what}" for what in ("model", "data", "train", "device") if getattr(a, what) != getattr(b, what)), None)
 
 
 def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -77,7 +74,7 @@ def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: st
 def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None,
                  device: str | None = None) -> StudyResult:
     """Continue an interrupted study from its own stored config (optionally on another device)."""
-    run = RunDir(Path(run_dir))
+    run = RunDir(run_dir)
     if not run.is_run():
         raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
     config = run.read_config()

@@ -1,12 +1,7 @@
-"""One round of training (DESIGN §1): Adam, per-step re-masking, validation after every epoch
-(or every N iterations), and the best (lowest validation loss, earlier on ties) and final weights.
-
-There is one loop (`train_rounds`) for K ≥ 1 studies trained together; how an iteration runs
-(eager, CUDA graph, stacked K-way) is the engine's business (`lth.engine`). The loop does no
-I/O: at each evaluation it hands a `RoundState` to `on_eval`, which the study persists so that
-an interrupted round resumes from its last evaluation. The data order is a pure function of
-the data seed and the epoch's coordinates (`lth.seeds`), so a resumed round sees the same order.
-"""
+"""One round of training (DESIGN §1) for K ≥ 1 studies: Adam, per-step re-masking, validation every
+epoch (or N iterations), best (lowest validation loss, earlier on ties) and final weights. No I/O:
+each evaluation hands a `RoundState` to `on_eval`, to resume from; the data order is a pure
+function of the data seed and the epoch (`lth.seeds`), so a resumed round sees the same order."""
 
 from __future__ import annotations
 
@@ -22,10 +17,8 @@ from torch import nn
 
 from lth.config import TrainConfig
 from lth.data import Splits
-from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, eager_step, numerics, use_graphs
+from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, StateDict, eager_step, numerics, use_graphs
 from lth.seeds import epoch_order
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -44,10 +37,8 @@ class RoundState:
     def to_file(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for the run directory's resume file (with the torch RNG)."""
         tensors = {**{f"model/{k}": v for k, v in self.model.items()}, **{f"best/{k}": v for k, v in self.best.items()}}
-        keys = {}
-        for pid, entry in self.optimizer["state"].items():
-            keys[str(pid)] = sorted(entry)
-            tensors.update({f"opt/{pid}/{key}": value for key, value in entry.items()})
+        keys = {str(pid): sorted(entry) for pid, entry in self.optimizer["state"].items()}
+        tensors.update({f"opt/{pid}/{key}": v for pid, entry in self.optimizer["state"].items() for key, v in entry.items()})
         tensors["rng/torch"] = torch.get_rng_state()
         meta = {"steps_done": self.steps_done, "best_step": self.best_step, "best_val_loss": self.best_val_loss,
                 "best_val_acc": self.best_val_acc, "history": self.history,
@@ -88,40 +79,27 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 @dataclass
 class Member:
-    """One study's part in a round: its model (rewound and masked), masks, data seed, and where
-    its evaluations go. A plain run is one member; `--parallel K` trains K together."""
+    """One study's part in a round (a plain run is one member; `--parallel K` trains K together)."""
 
     model: nn.Module
     masks: Mapping[str, torch.Tensor]
     data_seed: int
     resume: RoundState | None = None
     on_eval: Callable[[RoundState], None] | None = None
-    # Called after every iteration with the step and a function that returns the weights;
-    # must be cheap when it has nothing to do (late-rewinding points).
+    # After every iteration: (step, a function returning the weights); cheap when it has nothing to do.
     snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None
 
 
-def _epoch_orders(members: Sequence[Member], n: int, round_index: int, epoch: int, device: torch.device) -> torch.Tensor:
-    """[K, n]: each study's permutation for this epoch, made on the host and copied once."""
-    return torch.stack([epoch_order(n, m.data_seed, round_index, epoch) for m in members]).to(device)
-
-
 def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
-    """Train K studies' round together (K = 1: a plain round); one loop for every engine.
-
-    Validation runs every `cfg.eval_every` iterations ("epoch": at each epoch's end) and after
-    the last iteration; each study's best weights follow that cadence. Each member's `on_eval`
-    receives its resumable state at every evaluation. Members must start from the same
-    iteration (all fresh, or all resumed at the same point).
-    """
+    """Train K studies' round together (K = 1: a plain round), validating every `cfg.eval_every`
+    iterations and after the last; members must all start fresh or all resume at one iteration."""
     device = splits.train_x.device
-    k = len(members)
     resumed = [m.resume for m in members]
     if len({r.steps_done if r else 0 for r in resumed}) > 1 or (any(resumed) and not all(resumed)):
         raise ValueError("studies trained together must resume from the same iteration")
     graphed = use_graphs(cfg.engine, device)
     with numerics(cfg.tf32, device):
-        if k == 1:
+        if len(members) == 1:
             engine: Engine = ModuleEngine(members[0].model, members[0].masks, cfg, device, capturable=graphed)
         else:
             engine = StackedEngine([m.model for m in members], [m.masks for m in members], cfg, device, capturable=graphed)
@@ -130,30 +108,29 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
             engine.load_optimizer([r.optimizer for r in resumed])  # type: ignore[union-attr]
             states = list(resumed)  # type: ignore[arg-type]
         else:
-            states = [RoundState(0, {}, {}, engine.state(i), 0, float("inf"), 0.0, []) for i in range(k)]
-        step = (
-            GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size)
-            if graphed
-            else partial(eager_step, engine, splits.train_x, splits.train_y)
-        )
+            states = [RoundState(0, {}, {}, engine.state(i), 0, float("inf"), 0.0, []) for i in range(len(members))]
+        if graphed:
+            step: Callable[[torch.Tensor], None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size)
+        else:
+            step = partial(eager_step, engine, splits.train_x, splits.train_y)
         outcomes = _loop(members, engine, step, states, splits, cfg, round_index)
         engine.write_back([m.model for m in members])
     return outcomes
 
 
 def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tensor], None], states: list[RoundState], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
-    device = splits.train_x.device
     n = splits.train_x.shape[0]
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = cfg.round_length(round_index, per_epoch)
     every = cfg.eval_interval(per_epoch)
-    seen = 0
     order_epoch, orders = -1, torch.empty(0)
-    started = time.perf_counter()
+    seen, started = 0, time.perf_counter()
     for index in range(states[0].steps_done, total):
         epoch_index, offset = divmod(index, per_epoch)
         if epoch_index != order_epoch:
-            order_epoch, orders = epoch_index, _epoch_orders(members, n, round_index, epoch_index + 1, device)
+            # [K, n]: each study's permutation for this epoch, made on the host and copied once
+            order_epoch = epoch_index
+            orders = torch.stack([epoch_order(n, m.data_seed, round_index, epoch_index + 1) for m in members]).to(splits.train_x.device)
         idx = orders[:, offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
         step(idx)
         seen += idx.shape[1]
@@ -166,56 +143,27 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tenso
         evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
         loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()
         seconds = time.perf_counter() - started
-        for i, (member, state) in enumerate(zip(members, states)):
-            val_loss, val_acc = evaluations[i]
+        for i, (member, state, (val_loss, val_acc)) in enumerate(zip(members, states, evaluations)):
             if val_loss < state.best_val_loss:
-                state.best, state.best_step = engine.state(i), done
-                state.best_val_loss, state.best_val_acc = val_loss, val_acc
-            state.history.append(
-                {
-                    "round": round_index,
-                    "epoch": math.ceil(done / per_epoch),
-                    "step": done,
-                    "train_loss": loss_sums[i] / seen,
-                    "train_acc": corrects[i] / seen,
-                    "val_loss": val_loss,
-                    "val_acc": val_acc,
-                    "seconds": seconds,
-                }
-            )
-            state.steps_done = done
-            state.model = engine.state(i)
-            state.optimizer = engine.optimizer_state(i)
+                state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, val_loss, val_acc
+            state.history.append({"round": round_index, "epoch": math.ceil(done / per_epoch), "step": done,
+                                  "train_loss": loss_sums[i] / seen, "train_acc": corrects[i] / seen,
+                                  "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds})
+            state.steps_done, state.model, state.optimizer = done, engine.state(i), engine.optimizer_state(i)
             if member.on_eval is not None:
                 member.on_eval(state)
         engine.loss_sum.zero_()
         engine.correct.zero_()
-        seen = 0
-        started = time.perf_counter()
-
+        seen, started = 0, time.perf_counter()
     finals = [engine.state(i) for i in range(len(members))]
     test_final = engine.evaluate(splits.test_x, splits.test_y, cfg.eval_batch_size)
     engine.load_weights([s.best for s in states])
     test_best = engine.evaluate(splits.test_x, splits.test_y, cfg.eval_batch_size)
     engine.load_weights(finals)
-    outcomes = []
-    for state, final, (loss_f, acc_f), (loss_b, acc_b) in zip(states, finals, test_final, test_best):
-        last = state.history[-1]
-        outcomes.append(
-            RoundOutcome(
-                best=state.best,
-                final=final,
-                best_step=state.best_step,
-                best_epoch=math.ceil(state.best_step / per_epoch),
-                best_val_loss=state.best_val_loss,
-                best_val_acc=state.best_val_acc,
-                final_val_loss=last["val_loss"],
-                final_val_acc=last["val_acc"],
-                test_acc_best=acc_b,
-                test_acc_final=acc_f,
-                test_loss_best=loss_b,
-                test_loss_final=loss_f,
-                history=state.history,
-            )
-        )
-    return outcomes
+    return [
+        RoundOutcome(best=s.best, final=final, best_step=s.best_step, best_epoch=math.ceil(s.best_step / per_epoch),
+                     best_val_loss=s.best_val_loss, best_val_acc=s.best_val_acc,
+                     final_val_loss=s.history[-1]["val_loss"], final_val_acc=s.history[-1]["val_acc"],
+                     test_acc_best=acc_b, test_acc_final=acc_f, test_loss_best=loss_b, test_loss_final=loss_f, history=s.history)
+        for s, final, (loss_f, acc_f), (loss_b, acc_b) in zip(states, finals, test_final, test_best)
+    ]
