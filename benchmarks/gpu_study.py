@@ -181,7 +181,7 @@ def main() -> None:
         result = run_study(config, out=scratch / "seed", data_dir=data_dir, progress=False)
         print(f"measured seed study ({len(result.rounds)} rounds): {(time.perf_counter() - started) / 60:.2f} min wall")
     if args.parallel_study:
-        from lth.study import run_replicates
+        from lth.compare import run_replicates
 
         started = time.perf_counter()
         results = run_replicates(config, args.parallel_study, out=scratch / "parallel", data_dir=data_dir, progress=False, parallel=args.parallel_study)

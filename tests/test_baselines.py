@@ -13,7 +13,8 @@ from conftest import strip_timing, tiny_config
 from lth import config as cfgmod
 from lth.rundir import RunDirError
 from lth.seeds import reinit_seed
-from lth.study import rewind_weights, run_replicates, run_study
+from lth.compare import run_replicates
+from lth.study import rewind_weights, run_study
 from lth.masks import count_kept
 from lth.models import build_model, layer_types
 from lth.rundir import RunDir

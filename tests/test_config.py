@@ -105,8 +105,10 @@ def test_table_overrides_merge_and_validate():
     c = cfgmod.apply_overrides(cfgmod.preset("fc-conv4"), {"prune.rates.output": "0", "prune.layer_rates.features.0.weight": "0.05"})
     assert c.prune.rates == {"conv": 0.1, "dense": 0.2, "output": 0.0}
     assert c.prune.layer_rates == {"features.0.weight": 0.05}
-    assert cfgmod.is_settable("prune.rates.conv") and cfgmod.is_settable("prune.layer_rates.classifier.0.weight")
-    assert not cfgmod.is_settable("prune.rates")
+    from lth.cli import is_settable
+
+    assert is_settable("prune.rates.conv") and is_settable("prune.layer_rates.classifier.0.weight")
+    assert not is_settable("prune.rates")
 
 
 @pytest.mark.parametrize(
@@ -115,6 +117,7 @@ def test_table_overrides_merge_and_validate():
         ({"rewind": "epoch:0"}, "unknown rewind point"),
         ({"rewind": "epoch:x"}, "unknown rewind point"),
         ({"rewind": "epoch:27"}, "after round 0's last epoch"),
+        ({"rewind": "epoch:3", "train": {"steps": 1000}}, r"after round 0's last iteration \(1000\)"),
         ({"train": {"eval_every": "often"}}, "train.eval_every"),
         ({"train": {"eval_every": 0}}, "train.eval_every"),
         ({"train": {"steps": 0}}, "train.steps: must be >= 1"),

@@ -1,10 +1,7 @@
 """lth: Lottery Ticket Hypothesis and high-movement pruning studies on CIFAR-10.
 
-Notebook entry points: `lth.run_study(config)` and `lth.resume_study(run_dir)` return a
-`StudyResult` with the run directory and the per-round results; `lth.preset("quick")` gives a
-ready config. Names are resolved lazily so that `import lth.report` (which reads run
-directories only) does not pull in torch and the training code.
-"""
+`lth.run_study(lth.preset("quick"))` and `lth.resume_study(run_dir)` return a `StudyResult`.
+Names resolve lazily, so `import lth.report` does not pull in torch and the training code."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ _EXPORTS = {
     "StudyResult": "lth.study",
     "run_study": "lth.study",
     "resume_study": "lth.study",
-    "run_replicates": "lth.study",
+    "run_replicates": "lth.compare",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 from lth import compare
@@ -19,12 +21,29 @@ from lth.data import DataError
 from lth.report import ReportError, write_report
 from lth.rundir import RunDir, RunDirError
 from lth.show import rounds_table, side_by_side
-from lth.study import resume_study, run_replicates, run_study
+from lth.study import resume_study, run_study
+
+
+def dotted_keys(cls: type = cfgmod.Config, prefix: str = "") -> list[str]:
+    """Every settable key, for `--help` and for suggesting the fix to a typo; table entries
+    as `prune.rates.conv` etc. and `prune.layer_rates.NAME`."""
+    keys = []
+    for f in fields(cls):
+        key, hint = prefix + f.name, typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += dotted_keys(hint, key + ".")
+        else:
+            keys += {"prune.rates": [f"{key}.{t}" for t in cfgmod.LAYER_TYPES], "prune.layer_rates": [f"{key}.NAME"]}.get(key, [key])
+    return keys
+
+
+def is_settable(key: str) -> bool:
+    return key in dotted_keys() or (key.startswith("prune.layer_rates.") and len(key) > len("prune.layer_rates."))
 
 
 def _parse_overrides(tokens: list[str]) -> dict[str, str]:
     """`--train.epochs 3` / `--train.epochs=3` pairs → {'train.epochs': '3'}."""
-    keys = cfgmod.dotted_keys()
+    keys = dotted_keys()
     overrides: dict[str, str] = {}
     i = 0
     while i < len(tokens):
@@ -32,7 +51,7 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument {token!r}; overrides look like --train.epochs 3")
         key, eq, value = token[2:].partition("=")
-        if not cfgmod.is_settable(key):
+        if not is_settable(key):
             close = difflib.get_close_matches(key, keys, n=1)
             hint = f"; did you mean --{close[0]}?" if close else f"; known keys: {', '.join(keys)}"
             raise ConfigError(f"unknown option --{key}{hint}")
@@ -65,7 +84,7 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.parallel > 1 and args.replicates == 1:
         raise ConfigError("--parallel K trains K seeds together: give --replicates K (or use lth compare --parallel K)")
     if args.replicates != 1:
-        results = run_replicates(config, args.replicates, parallel=args.parallel, **options)
+        results = compare.run_replicates(config, args.replicates, parallel=args.parallel, **options)
         print(f"run directories: {', '.join(str(r.run_dir) for r in results)}")
         return 0
     result = run_study(config, **options)
@@ -150,7 +169,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    keys = " ".join(f"--{k}" for k in cfgmod.dotted_keys())
+    keys = " ".join(f"--{k}" for k in dotted_keys())
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket / high-movement pruning studies on CIFAR-10.")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -11,6 +11,7 @@ engine (submitit, ray) can be plugged in without touching the study logic.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import os
 import tomllib
@@ -24,8 +25,8 @@ import tomli_w
 from lth import config as cfgmod
 from lth.config import Config, ConfigError
 from lth.report import write_report
-from lth.rundir import RunDir, atomic_write
-from lth.study import compatible, run_studies
+from lth.rundir import RunDir, atomic_write, prepare
+from lth.study import StudyResult, compatible, run_studies
 
 MATCH_PREFIX = "@"  # prune.match = "@<variant>" copies that variant's ticket of the same seed
 
@@ -182,6 +183,25 @@ def _run_cells(cells: list[Cell], data_dir: str | None, progress: bool | None) -
     an earlier attempt stopped."""
     results = run_studies([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
     return [r.run_dir for r in results]
+
+
+def run_replicates(config: Config, replicates: int, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                   resume: bool = False, force: bool = False, progress: bool | None = None, parallel: int = 1) -> list[StudyResult]:
+    """K seeds N..N+K-1 of one study, each in `<out>/seed-<s>/`, `parallel` at a time. Every
+    directory is checked before the first starts, so a refused one leaves none half-done."""
+    for flag, value in (("--replicates", replicates), ("--parallel", parallel)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be >= 1, got {value}")
+    configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(replicates)]
+    parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
+    outs = [parent / f"seed-{c.seed}" for c in configs]
+    for o, c in zip(outs, configs):
+        prepare(RunDir(o), c, resume, force)
+    results: list[StudyResult] = []
+    for start in range(0, replicates, parallel):
+        chunk = slice(start, start + parallel)
+        results += run_studies(configs[chunk], outs[chunk], data_dir, resume, force, progress)
+    return results
 
 
 def parallel_batches(cells: list[Cell], k: int) -> list[list[Cell]]:

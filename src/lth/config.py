@@ -1,8 +1,7 @@
 """Typed, validated experiment configuration: frozen dataclasses, presets, TOML in and out.
 
-A config fully describes a study except where its data lives and how loudly it reports, so two
-runs with equal configs are the same experiment; its TOML form is stored in every run directory
-and its hash names the default run directory.
+A config describes a study fully, except where its data lives and how loudly it reports, so two
+runs with equal `computed` configs are the same experiment. Imports nothing else from lth.
 """
 
 from __future__ import annotations
@@ -50,26 +49,18 @@ class TrainConfig:
 
     initial_epochs: int = 26
     epochs: int = 25
-    # Training length in iterations for every round, round 0 included (Frankle & Carbin count
-    # iterations); when set it replaces the epoch counts.
-    steps: int | None = None
-    # "epoch" (the seed) or a number of iterations (F&C evaluate every 100); the best weights
-    # and early stopping follow this cadence.
-    eval_every: str = "epoch"
+    steps: int | None = None  # iterations in every round, round 0 included (F&C); replaces epochs
+    eval_every: str = "epoch"  # or N iterations (F&C: 100); best weights follow this cadence
     batch_size: int = 60
     lr: float = 3e-4
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7
     eval_batch_size: int = 500
-    # TF32 tensor-core arithmetic for CUDA matmuls and convolutions (TensorFlow, and so the
-    # seed's Keras, enables it by default on Ampere and later GPUs). No effect on CPU.
-    tf32: bool = True
+    tf32: bool = True  # TF32 on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere+
     # How iterations execute, not what they compute (outside the hash, like `device`):
-    # "auto" = CUDA graphs on a GPU, eager on CPU; "eager"; or "graph" (CUDA only).
-    engine: str = "auto"
-    # CPU only: run convolutions in channels-last (NHWC) layout.
-    channels_last: bool = False
+    engine: str = "auto"  # CUDA graphs on a GPU, eager on CPU; or "eager", "graph" (CUDA only)
+    channels_last: bool = False  # CPU only: NHWC convolutions
 
     def round_length(self, round_index: int, steps_per_epoch: int) -> int:
         """Iterations in a round: `steps` if set, else the round's epochs × iterations per epoch."""
@@ -89,21 +80,17 @@ class PruneConfig:
     criterion: str = "high-movement"
     fraction: float = 0.1
     rounds: int = 15
-    # "global": one ranking over all prunable layers; "layer": each layer prunes its own rate.
-    scope: str = "global"
-    # Per layer type, scope "layer" only: {conv = 0.1, dense = 0.2, output = 0.1}. The output
-    # layer is pruned only if it is given a rate here or in `layer_rates` (the seed excludes it).
+    scope: str = "global"  # one ranking over all prunable layers, or "layer": each its own rate
+    # Scope "layer": per layer type {conv, dense, output}; the output layer is pruned only if
+    # given a rate here or in `layer_rates` (per tensor, which wins).
     rates: dict[str, float] = field(default_factory=dict)
-    # Per tensor (`state_dict` name), scope "layer" only; wins over `rates`.
     layer_rates: dict[str, float] = field(default_factory=dict)
-    # `random` only: a run directory whose per-layer kept counts this run copies round by round.
-    match: str | None = None
+    match: str | None = None  # random only: a run whose per-layer kept counts this run copies
 
 
 @dataclass(frozen=True)
 class EnergyConfig:
-    """Per-round energy and CO2 (codecarbon's offline tracker by default). Recording settings
-    only: they do not change what a study computes, so they are outside its hash."""
+    """Per-round energy and CO2: recording only, so outside the hash."""
 
     tracker: str = "codecarbon"
     country: str = "CAN"  # ISO 3166-1 alpha-3: the grid whose carbon intensity converts kWh to CO2
@@ -111,12 +98,9 @@ class EnergyConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole study. `seed` alone determines θ0 and every epoch's data order.
-
-    `rewind` is where the survivors restart each round: `init` (θ0), `epoch:K` (the weights
-    after epoch K of round 0), `best` / `final` (the previous round's: fine-tuning) or `reinit`
-    (fresh random weights from a seed derived from `seed` and the round: the control).
-    """
+    """A whole study. `seed` alone determines θ0 and every epoch's data order. `rewind`: where
+    survivors restart each round: `init` (θ0), `epoch:K` (after epoch K of round 0), `best` /
+    `final` (the previous round's: fine-tuning) or `reinit` (fresh weights: the control)."""
 
     name: str = "seed"
     model: str = "seed-cnn"
@@ -160,10 +144,11 @@ def validate(config: Config) -> None:
         config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
-    if config.rewind.startswith("epoch:"):
-        k = int(config.rewind[6:])
-        need(t.steps is not None or k <= t.initial_epochs, f"rewind: epoch:{k} is after round 0's last epoch ({t.initial_epochs})")
     need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
+    if (k := config.rewind_epoch) is not None:  # the late-rewinding point must lie inside round 0
+        per_epoch = -(-(d.train_size or 45000) // t.batch_size)
+        last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
+        need(k * per_epoch <= t.round_length(0, per_epoch), f"rewind: epoch:{k} is after round 0's last {last}")
     need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
     need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
     need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
@@ -183,48 +168,30 @@ def validate(config: Config) -> None:
     need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")
 
 
+def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds: int) -> Config:
+    """Frankle & Carbin (ICLR 2019) Conv-2/4/6: per-layer magnitude pruning (conv, dense 20%, output
+    10%), rewind to θ0, Adam, batch 60, validation every 100 iterations, to about 2% remaining."""
+    return Config(name=f"fc-{model}", model=model, train=TrainConfig(steps=steps, eval_every="100", batch_size=60, lr=lr),
+                  prune=PruneConfig(criterion="magnitude", scope="layer", rounds=rounds,
+                                    rates={"conv": conv_rate, "dense": 0.2, "output": 0.1}))
+
+
 PRESETS: dict[str, Config] = {
     # The seed study: 26 epochs dense, then 15 rounds × 25 epochs of high-movement pruning.
     "seed": Config(name="seed"),
     # A few minutes on a 2-core CPU: a demonstration of the mechanics, not a result. 300
     # training images overfit within a round (the validation loss bottoms out around epoch 11
-    # of 16 and then climbs), so best != final and every round really prunes. Smaller batches
-    # and a higher learning rate get there in fewer image passes than the seed's schedule.
-    "quick": Config(
-        name="quick",
-        data=DataConfig(train_size=300, val_size=500, test_size=1000),
-        train=TrainConfig(initial_epochs=16, epochs=16, batch_size=20, lr=1e-3),
-        prune=PruneConfig(rounds=3),
-    ),
+    # of 16 and then climbs), so best != final and every round really prunes.
+    "quick": Config(name="quick", data=DataConfig(train_size=300, val_size=500, test_size=1000),
+                    train=TrainConfig(initial_epochs=16, epochs=16, batch_size=20, lr=1e-3), prune=PruneConfig(rounds=3)),
     # The seed's model and schedule with one control swapped in.
     "seed-magnitude": Config(name="seed-magnitude", prune=PruneConfig(criterion="magnitude")),
     "seed-random": Config(name="seed-random", prune=PruneConfig(criterion="random")),
     "seed-reinit": Config(name="seed-reinit", rewind="reinit"),
+    "fc-conv2": _frankle_carbin("conv2", 2e-4, 20_000, 0.10, rounds=18),  # 1.9% remaining
+    "fc-conv4": _frankle_carbin("conv4", 3e-4, 25_000, 0.10, rounds=21),  # 2.0%
+    "fc-conv6": _frankle_carbin("conv6", 3e-4, 30_000, 0.15, rounds=21),  # 2.1%
 }
-
-
-def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds: int) -> Config:
-    """Frankle & Carbin (ICLR 2019) Conv-2/4/6: per-layer magnitude pruning (conv, dense 20%,
-    output 10%), rewind to θ0, Adam, batch 60, validation every 100 iterations; `rounds` brings
-    the network to about 2% of its weights."""
-    return Config(
-        name=f"fc-{model}",
-        model=model,
-        train=TrainConfig(steps=steps, eval_every="100", batch_size=60, lr=lr),
-        prune=PruneConfig(
-            criterion="magnitude", scope="layer", rounds=rounds,
-            rates={"conv": conv_rate, "dense": 0.2, "output": 0.1},
-        ),
-    )
-
-
-PRESETS.update(
-    {
-        "fc-conv2": _frankle_carbin("conv2", 2e-4, 20_000, 0.10, rounds=18),  # 1.9% remaining
-        "fc-conv4": _frankle_carbin("conv4", 3e-4, 25_000, 0.10, rounds=21),  # 2.0%
-        "fc-conv6": _frankle_carbin("conv6", 3e-4, 30_000, 0.15, rounds=21),  # 2.1%
-    }
-)
 
 
 def preset(name: str) -> Config:
@@ -346,20 +313,3 @@ def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
                 raise ConfigError(f"override {dotted!r} conflicts with another override")
         node[parts[-1]] = value
     return from_dict(nested, config)
-
-
-def dotted_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every settable key, for `--help` and for suggesting the fix to a typo; table entries
-    as `prune.rates.conv` etc. and `prune.layer_rates.NAME`."""
-    keys = []
-    for f in fields(cls):
-        key, hint = prefix + f.name, typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            keys += dotted_keys(hint, key + ".")
-        else:
-            keys += {"prune.rates": [f"{key}.{t}" for t in LAYER_TYPES], "prune.layer_rates": [f"{key}.NAME"]}.get(key, [key])
-    return keys
-
-
-def is_settable(key: str) -> bool:
-    return key in dotted_keys() or (key.startswith("prune.layer_rates.") and len(key) > len("prune.layer_rates."))

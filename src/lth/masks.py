@@ -43,5 +43,4 @@ def count_kept(masks: Mapping[str, torch.Tensor]) -> dict[str, int]:
 
 
 def density(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Fraction kept per layer."""
     return {name: float(mask.sum()) / mask.numel() for name, mask in masks.items()}

@@ -121,10 +121,7 @@ def layer_types(model: nn.Module) -> dict[str, str]:
     for module_name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             name = f"{module_name}.weight" if module_name else "weight"
-            if module is out:
-                types[name] = "output"
-            else:
-                types[name] = "conv" if isinstance(module, nn.Conv2d) else "dense"
+            types[name] = "output" if module is out else "conv" if isinstance(module, nn.Conv2d) else "dense"
     return types
 
 

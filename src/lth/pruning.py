@@ -1,14 +1,10 @@
 """Pruning criteria as scores, and the one selection that turns scores into the next masks.
 
-A criterion (`CRITERIA`) is a score per weight, computed from a round's best, final and
-initial weights, plus which end of the ranking goes. Adding one is one short function and one
-registry line. Everything else is shared (DESIGN §1): `prune_counts` says how many active
-weights each group of tensors loses (one global group, one group per tensor, or another run's
-kept counts), and `select` prunes exactly that many: top-k over the active weights only (so
-ties at the threshold cannot prune more), ties broken by position in parameter order, pruned
-weights staying pruned. Scores are multiplied by the mask before ranking, so a stale value of
-a pruned weight can never matter.
-"""
+A criterion is a score per weight from a round's best, final and initial weights, and which end
+of the ranking goes: one short function and one `CRITERIA` line. The rest is shared (DESIGN §1):
+`prune_counts` says how many active weights each group of tensors loses, and `select` prunes
+exactly that many, by top-k over active weights (ties at the threshold cannot prune more), ties
+by position, on scores multiplied by the mask (a pruned weight's stale value never counts)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""The run directory (DESIGN §5), and the only module that knows its layout.
-
-Every file is written atomically (temporary file, fsync, rename), so a kill leaves the old file
-or the new one, never a torn one. `rounds.csv` is a round's commit point: its row is written
-after the round's checkpoints. torch is imported only where tensors are read or written, so
-that reports can be drawn without it.
-"""
+"""The run directory (DESIGN §5), and the only module that knows its layout. Every file is
+written atomically (temporary file, fsync, rename): a kill leaves the old file or the new one.
+`rounds.csv` is a round's commit point, written after its checkpoints. torch is imported only
+where tensors are read or written, so that reports can be drawn without it."""
 
 from __future__ import annotations
 
@@ -73,9 +70,6 @@ class RunDir:
 
     root: Path
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "root", Path(self.root))
-
     # ------------------------------------------------------------ layout
     config = property(lambda self: self.root / "config.toml")
     manifest = property(lambda self: self.root / "manifest.json")
@@ -90,14 +84,9 @@ class RunDir:
         """`kind` is "best", "final" or "mask"."""
         return self.checkpoints / f"round_{round_index:02d}" / f"{kind}.safetensors"
 
-    def best(self, r: int) -> Path:
-        return self.checkpoint(r, "best")
-
-    def final(self, r: int) -> Path:
-        return self.checkpoint(r, "final")
-
-    def mask(self, r: int) -> Path:
-        return self.checkpoint(r, "mask")
+    best = lambda self, r: self.checkpoint(r, "best")  # noqa: E731 - round r's weights and mask
+    final = lambda self, r: self.checkpoint(r, "final")  # noqa: E731
+    mask = lambda self, r: self.checkpoint(r, "mask")  # noqa: E731
 
     def is_run(self) -> bool:
         return self.config.is_file() and self.manifest.is_file()
@@ -207,9 +196,8 @@ class RunDir:
         from safetensors import safe_open
 
         try:
-            tensors = self.load(path)
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["lth_resume"])
+                meta, tensors = json.loads((f.metadata() or {})["lth_resume"]), {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # a foreign or damaged file: say so in one line
             raise RunDirError(f"{path} is not a readable lth resume state ({type(exc).__name__}); delete it to restart the round from its beginning") from None
         if meta.get("format") != RESUME_FORMAT:

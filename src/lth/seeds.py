@@ -1,10 +1,7 @@
-"""The seed protocol on one page: every random choice of a study derives from its one `seed`.
-
-θ0 comes from `init`, each epoch's data order from `data` and its coordinates, a round's
-random pruning from `prune` and the round, a round's re-initialisation from `reinit` and the
-round. Each is a pure function of (seed, label, coordinates), so a resumed study draws exactly
-what an uninterrupted one would, on any machine and Python or torch version.
-"""
+"""The seed protocol on one page: every random choice of a study derives from its one `seed`,
+as a pure function of (seed, label, coordinates): θ0 (`init`), each epoch's data order (`data`),
+a round's random pruning (`prune`) and re-initialisation (`reinit`). So a resumed study draws
+exactly what an uninterrupted one would, on any machine and Python or torch version."""
 
 from __future__ import annotations
 

@@ -1,16 +1,12 @@
 """The study: round 0 trains the dense network from θ0, then each round prunes, rewinds and
-retrains. One path runs K ≥ 1 studies (a solo run is K = 1; `--parallel K` trains K together).
-
-Each round follows open_lth's runner idea: if the round is committed (its row is in
-rounds.csv), skip it; else mask → rewind → train → commit. The mask is stored before training
-and the row after the checkpoints, and every evaluation saves the round's position, so a study
-resumes where it stopped and ends with the same masks and results as an uninterrupted one.
-"""
+retrains. One path runs K ≥ 1 studies (solo: K = 1; `--parallel K`: K trained together). Each
+round, as open_lth's runner: if committed, skip it; else mask → rewind → train → commit. The
+mask is stored first, the row last and the position at every evaluation, so a study resumes
+where it stopped and ends as an uninterrupted one would."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import platform
 import sys
@@ -36,9 +32,10 @@ from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.seeds import prune_seed, reinit_seed, study_seeds
 from lth.train import Member, RoundOutcome, RoundState, steps_per_epoch, train_rounds
 
-# With an iteration cadence (eval every N steps) the resume state is written at an evaluation
-# at most this often, so a fast GPU run is not throttled by checkpoint writes.
+# With eval every N iterations, the position is saved at most this often (checkpoint writes must not throttle a GPU).
 RESUME_SAVE_SECONDS = 30.0
+OUTCOME_COLUMNS = ("best_epoch", "best_step", "best_val_loss", "best_val_acc", "final_val_loss", "final_val_acc",
+                   "test_acc_best", "test_acc_final", "test_loss_best", "test_loss_final")
 
 
 @dataclass
@@ -74,32 +71,13 @@ def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: st
 def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None,
                  device: str | None = None) -> StudyResult:
     """Continue an interrupted study from its own stored config (optionally on another device)."""
-    run = RunDir(run_dir)
+    run = RunDir(Path(run_dir))
     if not run.is_run():
         raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
     config = run.read_config()
     if device is not None:
         config = cfgmod.apply_overrides(config, {"device": device})
     return run_study(config, out=run.root, data_dir=data_dir, resume=True, progress=progress)
-
-
-def run_replicates(config: Config, replicates: int, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                   resume: bool = False, force: bool = False, progress: bool | None = None, parallel: int = 1) -> list[StudyResult]:
-    """K seeds N..N+K-1 of one study, each in `<out>/seed-<s>/`, `parallel` at a time. Every
-    directory is checked before the first starts, so a refused one leaves none half-done."""
-    for flag, value in (("--replicates", replicates), ("--parallel", parallel)):
-        if value < 1:
-            raise ConfigError(f"{flag}: must be >= 1, got {value}")
-    configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(replicates)]
-    parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
-    outs = [parent / f"seed-{c.seed}" for c in configs]
-    for o, c in zip(outs, configs):
-        prepare(RunDir(o), c, resume, force)
-    results: list[StudyResult] = []
-    for start in range(0, replicates, parallel):
-        chunk = slice(start, start + parallel)
-        results += run_studies(configs[chunk], outs[chunk], data_dir, resume, force, progress)
-    return results
 
 
 def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None,
@@ -135,8 +113,7 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
 
 
 def _run_rounds(studies: list[Study], progress: bool | None) -> None:
-    """Round by round: the studies at the lowest uncommitted round train together, in groups
-    of those that resume from the same iteration."""
+    """The studies at the lowest uncommitted round train together, grouped by resume position."""
     bars = Progress(sum(s.total_rounds for s in studies), enabled=progress)
     bars.skip_rounds(sum(len(s.rows) for s in studies))
     try:
@@ -165,11 +142,8 @@ def _run_rounds(studies: list[Study], progress: bool | None) -> None:
 
 
 def pruning_plan(config: Config, model: torch.nn.Module) -> tuple[list[str], dict[str, float] | None]:
-    """The tensors a study prunes, and their rates for scope "layer" (None: one global rate).
-
-    The model's prunable kernels, plus the output layer only if the config gives it a rate
-    (Frankle & Carbin prune it; the seed does not). A tensor's rate is its own, else its layer
-    type's, else `fraction`."""
+    """The tensors a study prunes (the output layer only if given a rate, as F&C do), and their
+    rates for scope "layer" (own, else the layer type's, else `fraction`; None: one global rate)."""
     p, types = config.prune, layer_types(model)
     unknown = sorted(set(p.layer_rates) - set(types))
     if unknown:
@@ -229,15 +203,11 @@ class Study:
 
     @classmethod
     def open(cls, run: RunDir, config: Config, splits: Splits) -> Study:
-        """Set a claimed run directory up (config, manifest and θ0 on first use) and read the
-        rounds it has already committed."""
+        """Set a claimed run directory up (config, manifest, θ0 on first use) with its committed rounds."""
         seeds = study_seeds(config.seed)
         model = build_model(config.model, seeds["init_seed"])
         names, rates = pruning_plan(config, model)
         matched = _matched_counts(config, names)
-        per_epoch = steps_per_epoch(splits.train_x.shape[0], config.train.batch_size)
-        if config.rewind_epoch is not None and config.rewind_epoch * per_epoch > config.train.round_length(0, per_epoch):
-            raise ConfigError(f"rewind: {config.rewind} is after round 0's last iteration ({config.train.round_length(0, per_epoch)})")
         if not run.config.exists():
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
@@ -250,17 +220,13 @@ class Study:
         return cls(run, config, model, init, names, rates, splits, matched, meter, run.read_rounds())
 
     def masks_for_round(self, r: int) -> tuple[Masks, int]:
-        """Round r's mask (the stored one if an earlier attempt got that far) and how many
-        weights it pruned."""
+        """Round r's mask (the stored one if an earlier attempt got that far) and how many it pruned."""
         run, p = self.run, self.config.prune
-        if run.mask(r).exists():
-            masks = run.load(run.mask(r))
-        elif r == 0:
-            masks = full_masks(self.model, self.names)
+        stored = run.load(run.mask(r)) if run.mask(r).exists() else None
         if r == 0:
-            return masks, 0
-        previous = run.load(run.mask(r - 1))
-        if not run.mask(r).exists():
+            return stored or full_masks(self.model, self.names), 0
+        previous, masks = run.load(run.mask(r - 1)), stored
+        if masks is None:
             uses = CRITERIA[p.criterion].uses
             best, final = ({} if kind not in uses else run.load(run.checkpoint(r - 1, kind)) for kind in ("best", "final"))
             counts = prune_counts(previous, self.names, self.rates, p.fraction, self.matched[r] if self.matched else None)
@@ -268,8 +234,7 @@ class Study:
         return masks, sum(count_kept(previous).values()) - sum(count_kept(masks).values())
 
     def begin_round(self, r: int) -> _RoundPlan:
-        """Everything before training: the mask (stored first), the rewind, the saved position
-        of an interrupted attempt, and the callbacks that persist each evaluation."""
+        """Before training: the mask (stored first), the rewind, a saved position, the persisting callbacks."""
         run, config = self.run, self.config
         masks, pruned = self.masks_for_round(r)
         if not run.mask(r).exists():
@@ -313,8 +278,7 @@ class Study:
         """Store the round's weights, then its rounds.csv row: the round is done."""
         self.run.save(self.run.best(plan.r), outcome.best)
         self.run.save(self.run.final(plan.r), outcome.final)
-        row = _round_row(plan, outcome, time.perf_counter() - plan.started)
-        row.update(energy.as_row())
+        row = {**_round_row(plan, outcome, time.perf_counter() - plan.started), **energy.as_row()}
         if plan.member.resume is not None and energy.kwh is not None:
             row["energy_method"] += "; resumed round: the interrupted part is not counted"
         self.rows.append(row)
@@ -340,13 +304,9 @@ def _round_row(plan: _RoundPlan, outcome: RoundOutcome, seconds: float) -> dict[
     """The round's results as DESIGN §1 lists them, one rounds.csv row."""
     r, config, kept = plan.r, plan.study.config, count_kept(plan.masks)
     total = sum(m.numel() for m in plan.masks.values())
-    o = outcome
     return {
         "round": r, "criterion": config.prune.criterion if r else "none", "rewind": config.rewind if r else "none",
         "pruning_skipped": r > 0 and plan.pruned == 0, "pruned": plan.pruned,
         "weights_remaining": sum(kept.values()), "weights_prunable": total, "remaining_pct": 100.0 * sum(kept.values()) / total,
-        "best_epoch": o.best_epoch, "best_step": o.best_step, "best_val_loss": o.best_val_loss, "best_val_acc": o.best_val_acc,
-        "final_val_loss": o.final_val_loss, "final_val_acc": o.final_val_acc, "test_acc_best": o.test_acc_best,
-        "test_acc_final": o.test_acc_final, "test_loss_best": o.test_loss_best, "test_loss_final": o.test_loss_final,
-        "seconds": plan.elapsed_before + seconds, **{f"density/{n}": d for n, d in density(plan.masks).items()},
+        **{key: getattr(outcome, key) for key in OUTCOME_COLUMNS}, "seconds": plan.elapsed_before + seconds, **{f"density/{n}": d for n, d in density(plan.masks).items()},
     }
