@@ -33,7 +33,7 @@ def rounds_table(run_dir: Path) -> str:
         raise RunDirError(f"{run_dir} does not exist; pass a run directory")
     rows = run.read_rounds()
     if not rows:
-        raise RunDirError(f"{run_dir} has no rounds.csv yet (no round completed, or not an lth run)")
+        raise RunDirError(f"{run_dir} has no {run.rounds.name} yet (no round completed, or not an lth run)")
     body = [["" if row.get(key) is None else spec.format(row[key]) for key, _, spec in COLUMNS] for row in rows]
     return _render([title for _, title, _ in COLUMNS], body)
 

@@ -73,7 +73,7 @@ def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     """Continue an interrupted study from its own stored config (optionally on another device)."""
     run = RunDir(Path(run_dir))
     if not run.is_run():
-        raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
+        raise RunDirError(f"{run.root} is not an lth run directory (no {run.config.name}/{run.manifest.name}); check the path")
     config = run.read_config()
     if device is not None:
         config = cfgmod.apply_overrides(config, {"device": device})
