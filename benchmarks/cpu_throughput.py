@@ -14,6 +14,8 @@ noisy machine hits every contender alike; medians are printed.
   step, one validation pass per epoch (100 images), best-weight bookkeeping.
 - 2 studies trained together (the stacked engine behind `--parallel`): images/s summed over
   both, against one study alone (on a CPU, stacking adds no compute, so ~1× is the best case).
+- pure steps: forward + backward + Adam on one fixed batch, NCHW or channels-last, fp32 or under
+  bf16 autocast (fp32 weights): the ceiling a loop can reach on this machine, per layout and precision.
 - loop overhead: lth's epoch wall time / (iterations × the pure step time), where the pure
   step is forward + backward + Adam on one fixed batch, timed in a tight loop right after each
   lth epoch; the median of the per-repeat ratios.
@@ -128,8 +130,9 @@ def lth_epoch(splits, cfg: cfgmod.TrainConfig, studies: int = 1) -> tuple[float,
     return studies * splits.train_x.shape[0] / seconds, seconds
 
 
-def pure_step_seconds(x: torch.Tensor, y: torch.Tensor, channels_last: bool, steps: int = 12) -> float:
-    """Median forward + backward + Adam on one fixed batch: the work an iteration cannot avoid."""
+def pure_step_seconds(x: torch.Tensor, y: torch.Tensor, channels_last: bool, steps: int = 12, bf16: bool = False) -> float:
+    """Median forward + backward + Adam on one fixed batch: the work an iteration cannot avoid.
+    `bf16`: forward and loss under bf16 autocast, fp32 weights (what AMX/AVX512-BF16 could give)."""
     model = build_model("seed-cnn", 0)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -138,7 +141,8 @@ def pure_step_seconds(x: torch.Tensor, y: torch.Tensor, channels_last: bool, ste
     times = []
     for i in range(steps + 2):
         started = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -182,6 +186,7 @@ def main() -> None:
     epoch_seconds: dict[str, list[float]] = {k: [] for k in variants}
     pure: dict[str, list[float]] = {k: [] for k in variants}
     stacked: list[float] = []
+    bounds: dict[str, list[float]] = {f"{layout}, {p}": [] for p in ("fp32", "bf16 autocast") for layout in ("NCHW", "channels-last")}
     for _ in range(args.repeats):
         if keras is not None:  # the Keras worker trains while this process waits
             keras.stdin.write("go\n")
@@ -194,6 +199,9 @@ def main() -> None:
             epoch_seconds[name].append(seconds)
             pure[name].append(pure_step_seconds(x[: args.batch], y[: args.batch], cfg.channels_last))
         stacked.append(lth_epoch(splits, base, studies=2)[0])
+        for name in bounds:
+            seconds = pure_step_seconds(x[: args.batch], y[: args.batch], "channels" in name, bf16="bf16" in name)
+            bounds[name].append(args.batch / seconds)
     if keras is not None:
         keras.stdin.close()
         tail = keras.stdout.read().strip().splitlines()
@@ -225,6 +233,11 @@ def main() -> None:
         print(f"2 studies trained together (--parallel 2): {rate:.1f} img/s summed over both, {rate / statistics.median(results['lth engine']):.2f}× one study alone")
     if versions:
         print(f"Keras baseline: {versions}")
+    print()
+    print(f"{'pure step (no lth loop)':<30}{'median img/s':>13}{'vs Keras':>10}   (bf16 is not an lth option yet)")
+    for name, rates in bounds.items():
+        rate = statistics.median(rates)
+        print(f"{name:<30}{rate:>13.1f}{(f'{rate / reference[0]:.2f}' if reference else '-'):>10}")
     print()
     print(f"{'loop overhead':<30}{'epoch s':>10}{'pure step ms':>14}{'ratio':>8}")
     for name in variants:
