@@ -22,6 +22,7 @@ Counts = dict[tuple[str, ...], int]  # tensors ranked together → how many of t
 @dataclass(frozen=True)
 class Criterion:
     score: Callable[[State, State, State, Sequence[str], int], Scores]  # (best, final, init, names, seed)
+    label: str  # the score as a formula, for figures
     prunes: str  # "largest" or "smallest": which scores are pruned
     keeps: str  # one line for humans: which weights survive
     uses: tuple[str, ...]  # which of best, final, init it reads (the others need not be loaded)
@@ -47,19 +48,18 @@ def _magnitude_increase(best: State, final: State, init: State, names: Sequence[
 
 
 def _random(best: State, final: State, init: State, names: Sequence[str], seed: int) -> Scores:
-    """One uniform draw per position of every tensor, pruned or not, in parameter order, so
-    the draw never depends on the mask."""
+    """A uniform draw per position of every tensor, pruned or not: the draw never depends on the mask."""
     flat = torch.rand(sum(init[n].numel() for n in names), generator=torch.Generator().manual_seed(int(seed)))
     return dict(zip(names, (part.view(init[n].shape) for n, part in zip(names, flat.split([init[n].numel() for n in names])))))
 
 
 CRITERIA: dict[str, Criterion] = {
-    "high-movement": Criterion(_movement, "largest", "the smallest |w_best − w_final|: weights that stayed put after the best epoch (the seed)", ("best", "final"), True),
-    "magnitude": Criterion(_magnitude, "smallest", "the largest |w_final| (Frankle & Carbin)", ("final",)),
-    "random": Criterion(_random, "smallest", "a seeded random subset (the control); can follow another run's per-layer counts", ("init",)),
-    "low-movement": Criterion(_movement, "smallest", "the largest |w_best − w_final|: weights that still moved after the best epoch", ("best", "final"), True),
-    "movement-from-init": Criterion(_movement_from_init, "smallest", "the largest |w_final − w_init| (Zhou et al.'s movement)", ("final", "init")),
-    "magnitude-increase": Criterion(_magnitude_increase, "smallest", "the largest |w_final| − |w_init|: weights whose magnitude grew most", ("final", "init")),
+    "high-movement": Criterion(_movement, "|w_best − w_final|", "largest", "the smallest |w_best − w_final|: weights that stayed put after the best epoch (the seed)", ("best", "final"), True),
+    "magnitude": Criterion(_magnitude, "|w_final|", "smallest", "the largest |w_final| (Frankle & Carbin)", ("final",)),
+    "random": Criterion(_random, "uniform random draw", "smallest", "a seeded random subset (the control); can follow another run's per-layer counts", ("init",)),
+    "low-movement": Criterion(_movement, "|w_best − w_final|", "smallest", "the largest |w_best − w_final|: weights that still moved after the best epoch", ("best", "final"), True),
+    "movement-from-init": Criterion(_movement_from_init, "|w_final − w_init|", "smallest", "the largest |w_final − w_init| (Zhou et al.'s movement)", ("final", "init")),
+    "magnitude-increase": Criterion(_magnitude_increase, "|w_final| − |w_init|", "smallest", "the largest |w_final| − |w_init|: weights whose magnitude grew most", ("final", "init")),
 }
 
 

@@ -31,10 +31,6 @@ TICK_SETS = ((100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1),
              (100, 70, 50, 30, 20, 10, 7, 5, 3, 2, 1, 0.7, 0.5, 0.3, 0.2, 0.1),
              (100, 90, 80, 70, 60, 50, 40, 30, 20, 15, 10, 7, 5, 4, 3, 2, 1.5, 1, 0.7, 0.5, 0.3, 0.2, 0.1))
 # What each criterion ranks, for the score histogram's axis (lth.pruning.CRITERIA); else the name.
-SCORE_LABELS = {"high-movement": "|w_best − w_final|", "low-movement": "|w_best − w_final|", "magnitude": "|w_final|",
-                "random": "uniform random draw", "movement-from-init": "|w_final − w_init|", "magnitude-increase": "|w_final| − |w_init|"}
-
-
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
     cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
@@ -168,7 +164,7 @@ def plot_scores(hists: Mapping[str, pd.DataFrame], rnd: int, path: Path) -> None
     title = f"Weights active in round {rnd - 1}: pruning score and final value (first seed)"
     with _figure(path, title, figsize=(6.5, 0.9 + 2.3 * len(hists)), nrows=len(hists), ncols=2, squeeze=False) as (fig, axes):
         for row, (label, h) in zip(axes, hists.items()):
-            score = SCORE_LABELS.get(h["criterion"].iloc[0], h["criterion"].iloc[0])
+            score = h["score_label"].iloc[0]  # the criterion's own formula, from its registry entry
             for ax, quantity, xlabel in ((row[0], "score", f"{score} of round {rnd - 1}"), (row[1], "final_weight", f"final weight value, round {rnd - 1}")):
                 for subset in colors:
                     s = h[(h["quantity"] == quantity) & (h["subset"] == subset)]

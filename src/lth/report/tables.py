@@ -225,7 +225,7 @@ def score_histograms(run: Run, rnd: int, bins: int = 60) -> pd.DataFrame:
     for quantity, tensors in (("score", scores), ("final_weight", final)):
         values = np.concatenate([tensors[n].float().numpy().ravel() for n in names])[active]
         edges = np.histogram_bin_edges(values, bins=bins) if values.size else np.linspace(0, 1, bins + 1)
-        rows += [{"criterion": criterion, "quantity": quantity, "subset": subset, "left": lo, "right": hi, "count": int(c)}
+        rows += [{"criterion": criterion, "score_label": CRITERIA[criterion].label, "quantity": quantity, "subset": subset, "left": lo, "right": hi, "count": int(c)}
                  for subset, sel in (("kept", kept), ("pruned", ~kept)) for lo, hi, c in zip(edges[:-1], edges[1:], np.histogram(values[sel], bins=edges)[0])]
     return pd.DataFrame(rows)
 
