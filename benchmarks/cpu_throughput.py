@@ -10,7 +10,8 @@ noisy machine hits every contender alike; medians are printed.
   on first use, or prints why Keras was skipped. Its time is `model.fit` on in-memory arrays
   (data already scaled), measured inside the worker after a warm-up epoch.
 - plain eager: the textbook loop on a pre-scaled float32 tensor, no masks, no validation.
-- lth engine: `train_rounds` as a study runs it: uint8 → float per batch, re-mask after every
+- lth engine: `train_rounds` as a study runs it (NCHW; channels-last; channels-last with
+  `train.precision = "bf16"`): uint8 → float per batch, re-mask after every
   step, one validation pass per epoch (100 images), best-weight bookkeeping.
 - 2 studies trained together (the stacked engine behind `--parallel`): images/s summed over
   both, against one study alone (on a CPU, stacking adds no compute, so ~1× is the best case).
@@ -163,8 +164,12 @@ def main() -> None:
 
     splits = load_splits(args.data_dir, "cpu", train_size=args.images, val_size=100, test_size=100)
     x, y = to_float(splits.train_x), splits.train_y
-    base = cfgmod.apply_overrides(cfgmod.preset("seed"), {"train.batch_size": str(args.batch), "train.initial_epochs": "1"}).train
-    variants = {"lth engine": base, "lth engine, channels-last": cfgmod.apply_overrides(cfgmod.preset("seed"), {"train.batch_size": str(args.batch), "train.initial_epochs": "1", "train.channels_last": "true"}).train}
+    def lth_config(**overrides: str) -> cfgmod.TrainConfig:
+        keys = {"train.batch_size": str(args.batch), "train.initial_epochs": "1", **{f"train.{k}": v for k, v in overrides.items()}}
+        return cfgmod.apply_overrides(cfgmod.preset("seed"), keys).train
+
+    variants = {"lth engine": lth_config(), "lth engine, channels-last": lth_config(channels_last="true"),
+                "lth, channels-last, bf16": lth_config(channels_last="true", precision="bf16")}
 
     keras, keras_note, versions = None, "", ""
     if args.no_keras:
@@ -197,8 +202,8 @@ def main() -> None:
             rate, seconds = lth_epoch(splits, cfg)
             results[name].append(rate)
             epoch_seconds[name].append(seconds)
-            pure[name].append(pure_step_seconds(x[: args.batch], y[: args.batch], cfg.channels_last))
-        stacked.append(lth_epoch(splits, base, studies=2)[0])
+            pure[name].append(pure_step_seconds(x[: args.batch], y[: args.batch], cfg.channels_last, bf16=cfg.precision == "bf16"))
+        stacked.append(lth_epoch(splits, variants["lth engine"], studies=2)[0])
         for name in bounds:
             seconds = pure_step_seconds(x[: args.batch], y[: args.batch], "channels" in name, bf16="bf16" in name)
             bounds[name].append(args.batch / seconds)
@@ -234,7 +239,7 @@ def main() -> None:
     if versions:
         print(f"Keras baseline: {versions}")
     print()
-    print(f"{'pure step (no lth loop)':<30}{'median img/s':>13}{'vs Keras':>10}   (bf16 is not an lth option yet)")
+    print(f"{'pure step (no lth loop)':<30}{'median img/s':>13}{'vs Keras':>10}")
     for name, rates in bounds.items():
         rate = statistics.median(rates)
         print(f"{name:<30}{rate:>13.1f}{(f'{rate / reference[0]:.2f}' if reference else '-'):>10}")

@@ -158,3 +158,13 @@ def test_a_config_built_in_python_is_validated_too():
         dataclasses.replace(Config(), prune=cfgmod.PruneConfig(fraction=1.5))
     with pytest.raises(ConfigError, match="unknown criterion"):
         Config(prune=cfgmod.PruneConfig(criterion="biggest"))
+
+
+def test_precision_is_validated_and_in_the_hash_only_when_it_changes_the_arithmetic():
+    quick = cfgmod.preset("quick")
+    bf16 = cfgmod.apply_overrides(quick, {"train.precision": "bf16"})
+    assert cfgmod.config_hash(quick) == "972aa46b"  # fp32: the hash every earlier quick run has
+    assert cfgmod.config_hash(bf16) != cfgmod.config_hash(quick) and 'precision = "bf16"' in cfgmod.to_toml(bf16)
+    assert all(c.train.precision == "fp32" for c in cfgmod.PRESETS.values())  # opt-in only
+    with pytest.raises(ConfigError, match="train.precision: expected one of fp32, bf16"):
+        cfgmod.apply_overrides(quick, {"train.precision": "fp16"})

@@ -235,3 +235,34 @@ def test_graphed_step_control_flow_matches_eager_steps(splits, monkeypatch):
     assert len(grads_at_capture) == 1 and all(g is None for g in grads_at_capture[0])
     assert torch.equal(eager.loss_sum, graphed.loss_sum) and torch.equal(eager.correct, graphed.correct)
     assert all(torch.equal(a, b) for a, b in zip(eager.state().values(), graphed.state().values()))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_bf16_trains_in_autocast_with_fp32_weights_and_exact_masks(splits, k):
+    """`train.precision = "bf16"`: a different (lower-precision) trajectory, but weights, Adam's
+    state and checkpoints stay fp32, pruned weights stay exactly zero, and K stacked studies too."""
+    fp32 = train_rounds(members(range(k)), splits, short_train(), 1)
+    bf16 = train_rounds(members(range(k)), splits, short_train(**{"train.precision": "bf16"}), 1)
+    mask = members()[1].masks["features.2.weight"]
+    for a, b in zip(fp32, bf16):
+        assert all(v.dtype == torch.float32 for v in (*b.final.values(), *b.best.values()))
+        assert all(math.isfinite(h["val_loss"]) and math.isfinite(h["train_loss"]) for h in b.history)
+        assert not torch.equal(a.final["features.0.weight"], b.final["features.0.weight"])  # bf16 really ran
+        assert math.isclose(a.history[-1]["val_loss"], b.history[-1]["val_loss"], rel_tol=0.05)  # and learned alike
+    if k == 2:
+        assert torch.count_nonzero(bf16[1].final["features.2.weight"][~mask]) == 0
+
+
+def test_bf16_state_of_an_engine_is_fp32_and_resumes_exactly(splits):
+    """A bf16 round interrupted at an evaluation and resumed ends where the whole round ends."""
+    cfg = short_train(**{"train.precision": "bf16"})
+    whole = train_rounds(members((0,)), splits, cfg, 1)[0]
+    saved = []
+    first = members((0,))[0]
+    first.on_eval = lambda state: saved.append(copy.deepcopy(state))
+    train_rounds([first], splits, cfg, 1)
+    assert saved[0].steps_done == 6 and all(v.dtype == torch.float32 for v in saved[0].model.values())
+    resumed = members((0,))[0]
+    resumed.resume = saved[0]  # the position after the first evaluation (step 6)
+    end = train_rounds([resumed], splits, cfg, 1)[0]
+    assert all(torch.equal(end.final[n], whole.final[n]) for n in whole.final)

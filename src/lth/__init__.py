@@ -10,16 +10,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "Config": "lth.config",
-    "ConfigError": "lth.config",
-    "preset": "lth.config",
-    "RunDirError": "lth.rundir",
-    "StudyResult": "lth.study",
-    "run_study": "lth.study",
-    "resume_study": "lth.study",
-    "run_replicates": "lth.compare",
-}
+_MODULES = {"lth.config": "Config ConfigError preset", "lth.rundir": "RunDirError",
+            "lth.study": "StudyResult run_study resume_study", "lth.compare": "run_replicates"}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 
 __all__ = [*_EXPORTS, "__version__"]
 

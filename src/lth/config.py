@@ -20,6 +20,7 @@ import tomli_w
 REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "eager", "graph")
+PRECISIONS = ("fp32", "bf16")
 LAYER_TYPES = ("conv", "dense", "output")
 SCOPES = ("global", "layer")
 # The names the registries below this module answer to (lth.models.MODELS, lth.pruning.CRITERIA,
@@ -61,6 +62,7 @@ class TrainConfig:
     # How iterations execute, not what they compute (outside the hash, like `device`):
     engine: str = "auto"  # CUDA graphs on a GPU, eager on CPU; or "eager", "graph" (CUDA only)
     channels_last: bool = False  # CPU only: NHWC convolutions
+    precision: str = "fp32"  # or "bf16": autocast on AMX/AVX512-BF16 CPUs and GPUs; fp32 weights and masks
 
     def round_length(self, round_index: int, steps_per_epoch: int) -> int:
         """Iterations in a round: `steps` if set, else the round's epochs × iterations per epoch."""
@@ -132,11 +134,9 @@ def validate(config: Config) -> None:
     need(config.model in MODELS, f"model: unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
     need(p.criterion in CRITERIA, f"prune.criterion: unknown criterion {p.criterion!r}; choose one of: {', '.join(CRITERIA)}")
     need(0.0 < p.fraction < 1.0, f"prune.fraction: must be in (0, 1), got {p.fraction}")
-    need(p.rounds >= 0, f"prune.rounds: must be >= 0, got {p.rounds}")
-    need(t.initial_epochs >= 1, f"train.initial_epochs: must be >= 1, got {t.initial_epochs}")
-    need(t.epochs >= 1, f"train.epochs: must be >= 1, got {t.epochs}")
-    need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
-    need(t.eval_batch_size >= 1, f"train.eval_batch_size: must be >= 1, got {t.eval_batch_size}")
+    for key, value, least in (("prune.rounds", p.rounds, 0), ("train.initial_epochs", t.initial_epochs, 1), ("train.epochs", t.epochs, 1),
+                              ("train.batch_size", t.batch_size, 1), ("train.eval_batch_size", t.eval_batch_size, 1), ("seed", config.seed, 0)):
+        need(value >= least, f"{key}: must be >= {least}, got {value}")
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
     need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
@@ -151,6 +151,7 @@ def validate(config: Config) -> None:
         need(k * per_epoch <= t.round_length(0, per_epoch), f"rewind: epoch:{k} is after round 0's last {last}")
     need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
     need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
+    need(t.precision in PRECISIONS, f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
     bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
     need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")
@@ -159,7 +160,6 @@ def validate(config: Config) -> None:
     need(p.scope == "layer" or not (p.rates or p.layer_rates), "prune.rates/layer_rates: per-layer rates need prune.scope = \"layer\"")
     need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
     need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
-    need(config.seed >= 0, f"seed: must be >= 0, got {config.seed}")
     e = config.energy
     need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
     need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
@@ -219,8 +219,10 @@ def to_toml(config: Config) -> str:
 def computed(config: Config) -> dict[str, Any]:
     """What decides a study's results: all but where and how it executes (device, engine,
     memory layout) and the energy recording. Its hash names the default run directory."""
-    execution = replace(config.train, engine="auto", channels_last=False)
-    return to_dict(replace(config, device="auto", energy=EnergyConfig(), train=execution))
+    payload = to_dict(replace(config, device="auto", energy=EnergyConfig(), train=replace(config.train, engine="auto", channels_last=False)))
+    if config.train.precision == "fp32":  # what every run did before the option existed: hashes stay
+        del payload["train"]["precision"]
+    return payload
 
 
 def config_hash(config: Config) -> str:

@@ -87,6 +87,8 @@ class _Engine:
 
     def __init__(self, k: int, params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool) -> None:
         self.k = k
+        # bf16 autocast of the forward and loss (`train.precision`); weights, Adam and masks stay fp32.
+        self.autocast = partial(torch.autocast, device.type, torch.bfloat16, cfg.precision == "bf16", cache_enabled=False)
         self.optimizer = make_optimizer(params, cfg, device, capturable)
         self.loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
         self.correct = torch.zeros(k, device=device, dtype=torch.int64)
@@ -135,8 +137,9 @@ class ModuleEngine(_Engine):
     def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One iteration on a [1, B] batch; gradients must be unset (or the graph's own)."""
         y = labels[0]
-        logits = self.model(self._input(images[0]))
-        loss = F.cross_entropy(logits, y)
+        with self.autocast():
+            logits = self.model(self._input(images[0]))
+            loss = F.cross_entropy(logits, y)
         self._finish(loss, loss, logits, y)
 
     def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
@@ -147,7 +150,8 @@ class ModuleEngine(_Engine):
         load_optimizer_state(self.optimizer, states[0])
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
-        return [evaluate_model(self.model, images, labels, batch_size, self._input)]
+        with self.autocast():
+            return [evaluate_model(self.model, images, labels, batch_size, self._input)]
 
     def write_back(self, models: Sequence[nn.Module]) -> None:
         """The module was trained in place; only its layout goes back to the default."""
@@ -189,8 +193,9 @@ class StackedEngine(_Engine):
 
     def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One iteration on a [K, B] batch; summing the studies' mean losses gives each its own gradient."""
-        logits = self.forward(self.params, to_float(images))
-        losses = torch.func.vmap(F.cross_entropy)(logits, labels)
+        with self.autocast():
+            logits = self.forward(self.params, to_float(images))
+            losses = torch.func.vmap(F.cross_entropy)(logits, labels)
         self._finish(losses.sum(), losses, logits, labels)
 
     @torch.no_grad()
@@ -212,8 +217,9 @@ class StackedEngine(_Engine):
         correct = torch.zeros(self.k, device=images.device, dtype=torch.int64)
         for start in range(0, images.shape[0], batch_size):
             y = labels[start : start + batch_size]
-            logits = self.forward_shared(self.params, to_float(images[start : start + batch_size]))
-            loss_sum += torch.func.vmap(lambda out: F.cross_entropy(out, y, reduction="sum"))(logits).double()
+            with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
+                logits = self.forward_shared(self.params, to_float(images[start : start + batch_size]))
+                loss_sum += torch.func.vmap(lambda out: F.cross_entropy(out, y, reduction="sum"))(logits).double()
             correct += (logits.argmax(-1) == y).sum(1)
         n = images.shape[0]
         return [(s / n, c / n) for s, c in zip(loss_sum.tolist(), correct.tolist())]

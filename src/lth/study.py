@@ -49,11 +49,9 @@ def default_run_dir(config: Config, root: Path = Path("runs")) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RunDirError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
 def compatible(a: Config, b: Config) -> str | None:
