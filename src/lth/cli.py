@@ -27,9 +27,9 @@ from lth.study import resume_study, run_study
 def dotted_keys(cls: type = cfgmod.Config, prefix: str = "") -> list[str]:
     """Every settable key, for `--help` and for suggesting the fix to a typo; table entries
     as `prune.rates.conv` etc. and `prune.layer_rates.NAME`."""
-    keys = []
+    keys, hints = [], typing.get_type_hints(cls)
     for f in fields(cls):
-        key, hint = prefix + f.name, typing.get_type_hints(cls)[f.name]
+        key, hint = prefix + f.name, hints[f.name]
         if dataclasses.is_dataclass(hint):
             keys += dotted_keys(hint, key + ".")
         else:

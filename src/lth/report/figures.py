@@ -30,7 +30,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 TICK_SETS = ((100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1),
              (100, 70, 50, 30, 20, 10, 7, 5, 3, 2, 1, 0.7, 0.5, 0.3, 0.2, 0.1),
              (100, 90, 80, 70, 60, 50, 40, 30, 20, 15, 10, 7, 5, 4, 3, 2, 1.5, 1, 0.7, 0.5, 0.3, 0.2, 0.1))
-# What each criterion ranks, for the score histogram's axis (lth.pruning.CRITERIA); else the name.
+
+
 def _colors(labels: Sequence[str]) -> dict[str, Any]:
     cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "tab20"]
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}

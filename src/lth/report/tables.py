@@ -16,8 +16,8 @@ from scipy import stats
 from lth import config as cfgmod
 from lth.rundir import RunDir, RunDirError, find_runs
 
-# The seed's criterion first (the default baseline), then the controls, as in lth.pruning.
-RANK = {c: i for i, c in enumerate(("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase"))}
+# The seed's criterion first (the default baseline), then the controls: the config's own order.
+RANK = {c: i for i, c in enumerate(cfgmod.CRITERIA)}
 Groups = Mapping[str, Sequence["Run"]]
 
 
