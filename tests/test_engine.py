@@ -16,7 +16,7 @@ from lth.data import load_splits, to_float
 from lth.engine import ModuleEngine, StackedEngine, load_optimizer_state, make_optimizer, numerics, use_graphs
 from lth.masks import full_masks
 from lth.models import build_model, prunable_names
-from lth.train import Member, train_rounds
+from lth.train import Diverged, Member, RoundState, Stopped, train_rounds
 
 CPU = torch.device("cpu")
 
@@ -266,3 +266,37 @@ def test_bf16_state_of_an_engine_is_fp32_and_resumes_exactly(splits):
     resumed.resume = saved[0]  # the position after the first evaluation (step 6)
     end = train_rounds([resumed], splits, cfg, 1)[0]
     assert all(torch.equal(end.final[n], whole.final[n]) for n in whole.final)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_stop_between_evaluations_saves_a_position_that_resumes_exactly(splits, k):
+    """SIGTERM's path: the position after iteration 9 (evaluations at 6 and 12) goes through the
+    resume file's format, training-metric sums included, and the round ends as an uninterrupted one."""
+    cfg = short_train()
+    whole = train_rounds(members()[:k], splits, cfg, round_index=1)
+    saved: dict[int, tuple] = {}
+    first = members()[:k]
+    for i, m in enumerate(first):
+        m.on_stop = lambda state, i=i: saved.__setitem__(i, state.to_file())
+    calls = iter(range(100))
+    with pytest.raises(Stopped) as stopped:
+        train_rounds(first, splits, cfg, round_index=1, stop=lambda: next(calls) == 8)
+    assert (stopped.value.round_index, stopped.value.step) == (1, 9) and sorted(saved) == list(range(k))
+    assert saved[0][1]["partial"]["seen"] == 3 * 20 and saved[0][1]["steps_done"] == 9
+    again = members()[:k]
+    for i, m in enumerate(again):
+        m.resume = RoundState.from_file(*saved[i])
+    resumed = train_rounds(again, splits, cfg, round_index=1)
+    timeless = lambda h: [{key: v for key, v in row.items() if key != "seconds"} for row in h]  # noqa: E731
+    for w, r in zip(whole, resumed):
+        assert all(torch.equal(w.final[name], r.final[name]) for name in w.final)
+        assert timeless(w.history) == timeless(r.history) and w.best_step == r.best_step
+
+
+def test_a_non_finite_loss_stops_the_round_at_once_naming_where(splits):
+    saved = []
+    member = members()[:1]
+    member[0].on_eval = saved.append
+    with pytest.raises(Diverged, match=r"round 1, epoch 1, step [12]: the training loss is (nan|inf)"):
+        train_rounds(member, splits, short_train(**{"train.lr": "1e30"}), round_index=1)
+    assert saved == []  # nothing after the divergence reached the caller to be saved

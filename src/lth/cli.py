@@ -1,7 +1,8 @@
 """`lth` command line: thin parsing around the library, one-line errors, exit codes.
 
-Exit status: 0 done, 2 bad input (config, paths, data), 130 interrupted (resume with
-`lth resume DIR`).
+Exit status: 0 done, 1 the disk or file system refused a write (nothing earlier is lost),
+2 bad input (config, paths, data, a damaged run), 3 training diverged (a non-finite loss or
+weight), 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM; resume with `lth resume DIR`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
+import signal
 import sys
 import typing
 from dataclasses import fields
@@ -22,6 +25,10 @@ from lth.report import ReportError, write_report
 from lth.rundir import RunDir, RunDirError
 from lth.show import rounds_table, side_by_side
 from lth.study import resume_study, run_study
+from lth.train import Diverged, Stopped
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def dotted_keys(cls: type = cfgmod.Config, prefix: str = "") -> list[str]:
@@ -93,9 +100,12 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra:
-        raise ConfigError(f"lth resume takes no config overrides (got {extra[0]!r}); it continues the stored config")
-    result = resume_study(args.run_dir, data_dir=args.data_dir, progress=False if args.no_progress else None, device=args.device)
+    overrides = _parse_overrides(extra)
+    if set(overrides) - {"train.lr"}:
+        raise ConfigError(f"lth resume can change only --train.lr (got --{sorted(set(overrides) - {'train.lr'})[0]}); "
+                          "it continues the stored config, other changes need a new run")
+    lr = float(cfgmod.apply_overrides(cfgmod.Config(), overrides).train.lr) if overrides else None
+    result = resume_study(args.run_dir, data_dir=args.data_dir, progress=False if args.no_progress else None, device=args.device, lr=lr)
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -144,8 +154,17 @@ def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     spec = _compare_spec(args, extra)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     result = compare.run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report, parallel=args.parallel)
-    print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete)")
+    busy = f", {len(result.busy)} left to another process" if result.busy else ""
+    print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete{busy})")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.verify import verify
+
+    lines, whole = verify([Path(p) for p in args.paths])
+    print("\n".join(lines))
+    return 0 if whole else 1
 
 
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
@@ -225,6 +244,10 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="DIR", help="report directory (default: DIR/report, or the common parent's)")
     report.set_defaults(func=_cmd_report)
 
+    check = sub.add_parser("verify", help="check that runs are whole: files, checksums, masks, counts (exit 1 if not)")
+    check.add_argument("paths", metavar="DIR", nargs="+", help="run directories, or a study directory")
+    check.set_defaults(func=_cmd_verify)
+
     conf = sub.add_parser("config", help="print the resolved config as TOML", epilog=f"Keys: {keys}")
     _add_config_args(conf)
     conf.set_defaults(func=_cmd_config)
@@ -240,9 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunDirError, DataError, ReportError) as exc:
         print(f"lth: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Diverged as exc:
+        print(f"lth: error: training diverged: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:  # disk full, permission denied, read-only: every earlier write was atomic
+        what = f"{exc.filename}: " if exc.filename else ""
+        fix = ("free space or fix permissions (or choose another --out), then continue: what was written before is intact"
+               if exc.errno in WRITE_ERRNOS else "check the path and its permissions")
+        print(f"lth: error: {what}{exc.strerror or exc}; {fix}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
         where = getattr(args, "out", None) or getattr(args, "run_dir", None) or "DIR"
-        print(f"\nlth: interrupted; progress is saved after every epoch: lth resume {where}", file=sys.stderr)
+        again = f"lth resume {where}" if args.command != "compare" else "the same lth compare command"
+        if isinstance(exc, Stopped) and exc.signum is not None:
+            print(f"\nlth: stopped by {signal.Signals(exc.signum).name} at {exc}; the position is saved: continue with {again}", file=sys.stderr)
+            return 128 + exc.signum
+        print(f"\nlth: interrupted; the last saved position is kept: continue with {again}", file=sys.stderr)
         return 130
 
 

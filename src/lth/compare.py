@@ -25,7 +25,7 @@ import tomli_w
 from lth import config as cfgmod
 from lth.config import Config, ConfigError
 from lth.report import write_report
-from lth.rundir import RunDir, atomic_write, prepare
+from lth.rundir import RunDir, RunDirBusy, atomic_write, prepare
 from lth.study import StudyResult, compatible, run_studies
 
 MATCH_PREFIX = "@"  # prune.match = "@<variant>" copies that variant's ticket of the same seed
@@ -178,11 +178,16 @@ class SequentialExecutor(concurrent.futures.Executor):
         return future
 
 
-def _run_cells(cells: list[Cell], data_dir: str | None, progress: bool | None) -> list[Path]:
+def _run_cells(cells: list[Cell], data_dir: str | None, progress: bool | None) -> tuple[list[Path], list[Path]]:
     """One or several cells (trained together on one device, `--parallel`), continued where
-    an earlier attempt stopped."""
-    results = run_studies([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
-    return [r.run_dir for r in results]
+    an earlier attempt stopped; (cells run, cells left to another process that holds them)."""
+    try:
+        results = run_studies([c.config for c in cells], [c.out for c in cells], data_dir=data_dir, resume=True, progress=progress)
+    except RunDirBusy as busy:  # claimed before anything ran: the others go on without it
+        rest = [c for c in cells if c.out.resolve() != busy.root.resolve()]
+        ran, taken = _run_cells(rest, data_dir, progress) if rest else ([], [])
+        return ran, [busy.root, *taken]
+    return [r.run_dir for r in results], []
 
 
 def run_replicates(config: Config, replicates: int, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -224,6 +229,7 @@ class CompareResult:
     study_dir: Path
     ran: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    busy: list[Path] = field(default_factory=list)  # being run by another process (another `lth compare`, a cluster job)
     report_dir: Path | None = None
 
 
@@ -262,12 +268,22 @@ def run_comparison(
                 result.skipped.append(cell.out)
                 log(f"[{cell.label} seed {cell.seed}] complete, skipped")
                 continue
+            if cell.depends_on is not None and study / cell.depends_on / f"seed-{cell.seed}" in result.busy:
+                result.busy.append(cell.out)
+                log(f"[{cell.label} seed {cell.seed}] waits for {cell.depends_on}, which another process is running; left for later")
+                continue
             log(f"[{cell.label} seed {cell.seed}] running into {cell.out}")
             todo.append(cell)
         pending = [executor.submit(_run_cells, batch, data, progress) for batch in parallel_batches(todo, parallel)]
         for future in pending:
-            result.ran += future.result()  # re-raises a cell's error here
-    if report:
+            ran, busy = future.result()  # re-raises a cell's error here
+            result.ran += ran
+            result.busy += busy
+            for path in busy:
+                log(f"[{path}] in use by another lth process; left to it")
+    if result.busy:
+        log(f"report not written: {len(result.busy)} cell(s) still run elsewhere; rerun this command (or lth report {study}) when they finish")
+    elif report:
         result.report_dir = write_report([study], out=study / "report")
         log(f"report: {result.report_dir / 'report.md'}")
     return result

@@ -134,9 +134,11 @@ def validate(config: Config) -> None:
     need(config.model in MODELS, f"model: unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
     need(p.criterion in CRITERIA, f"prune.criterion: unknown criterion {p.criterion!r}; choose one of: {', '.join(CRITERIA)}")
     need(0.0 < p.fraction < 1.0, f"prune.fraction: must be in (0, 1), got {p.fraction}")
-    for key, value, least in (("prune.rounds", p.rounds, 0), ("train.initial_epochs", t.initial_epochs, 1), ("train.epochs", t.epochs, 1),
-                              ("train.batch_size", t.batch_size, 1), ("train.eval_batch_size", t.eval_batch_size, 1), ("seed", config.seed, 0)):
-        need(value >= least, f"{key}: must be >= {least}, got {value}")
+    # Bounds above too: a config may come from anyone, and no study needs more than these.
+    for key, value, least, most in (("prune.rounds", p.rounds, 0, 1000), ("train.initial_epochs", t.initial_epochs, 1, 100_000),
+                                    ("train.epochs", t.epochs, 1, 100_000), ("train.batch_size", t.batch_size, 1, 50_000),
+                                    ("train.eval_batch_size", t.eval_batch_size, 1, 100_000), ("seed", config.seed, 0, 2**62)):
+        need(least <= value <= most, f"{key}: must be between {least} and {most}, got {value}")
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
     need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
@@ -144,7 +146,7 @@ def validate(config: Config) -> None:
         config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
-    need(t.steps is None or t.steps >= 1, f"train.steps: must be >= 1 (or omitted to count epochs), got {t.steps}")
+    need(t.steps is None or 1 <= t.steps <= 10**9, f"train.steps: must be between 1 and 10^9 (or omitted to count epochs), got {t.steps}")
     if (k := config.rewind_epoch) is not None:  # the late-rewinding point must lie inside round 0
         per_epoch = -(-(d.train_size or 45000) // t.batch_size)
         last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
@@ -165,7 +167,11 @@ def validate(config: Config) -> None:
     need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
     for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):
         need(size is None or 1 <= size <= limit, f"data.{key}: must be between 1 and {limit} (or omitted for all), got {size}")
-    need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")
+    need(0 < len(config.name) <= 100 and config.name not in (".", "..") and not set("/\\\0") & set(config.name),
+         f"name: must be 1-100 characters without '/', '\\' or NUL, got {config.name[:100]!r}")
+    need(len(p.layer_rates) <= 1000, f"prune.layer_rates: at most 1000 entries, got {len(p.layer_rates)}")
+    # A path key: resolved and checked to be a run when the study opens (lth.study); here only its form.
+    need(p.match is None or (0 < len(p.match) <= 4096 and "\0" not in p.match), "prune.match: must be a path of 1-4096 characters without NUL")
 
 
 def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds: int) -> Config:
@@ -290,12 +296,17 @@ def from_toml(text: str, base: Config | None = None, source: str = "config") -> 
 
 def load(path: str | Path, base: Config | None = None) -> Config:
     try:
+        if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; that is not an lth config")
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}); that is not an lth config") from None
     return from_toml(text, base, source=str(path))
 
 
+MAX_CONFIG_BYTES = 1 << 20
 TABLES = ("prune.rates", "prune.layer_rates")  # their entries are set one by one: --prune.rates.conv 0.1
 
 

@@ -226,6 +226,16 @@ def load_cifar10(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 _load_cifar10_cached = functools.lru_cache(maxsize=2)(load_cifar10)
 
 
+@functools.lru_cache(maxsize=2)
+def fingerprint(batches_dir: Path) -> str:
+    """A digest of the decoded images and labels (not of the files, so a re-pickled copy of the
+    same data matches): what a run records, so that resuming on another data set is refused."""
+    digest = hashlib.sha256()
+    for array in _load_cifar10_cached(batches_dir):
+        digest.update(np.ascontiguousarray(array).data)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: tensor comparison has no single truth value
 class Splits:
     """Train / validation / test tensors on the training device: images uint8 NCHW, labels int64."""
@@ -236,6 +246,8 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    source: Path | None = None  # the batches folder they came from, and its `fingerprint`
+    fingerprint: str = ""
 
 
 def split_train_val(train_x: np.ndarray, train_y: np.ndarray,
@@ -267,7 +279,7 @@ def load_splits(data_dir: str | os.PathLike[str] | None = None, device: torch.de
         return [torch.from_numpy(a[:n]).to(dev, copy=True) for a in (x, y)]
 
     return Splits(*head(tr_x, tr_y, train_size, "train_size"), *head(va_x, va_y, val_size, "val_size"),
-                  *head(test_x, test_y, test_size, "test_size"))
+                  *head(test_x, test_y, test_size, "test_size"), source=batches_dir.resolve(), fingerprint=fingerprint(batches_dir.resolve()))
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

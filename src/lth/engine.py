@@ -51,8 +51,9 @@ def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, device: tor
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
     """Load a saved Adam state into an optimizer that may run another kernel: the saved state
-    keeps its numbers, this optimizer keeps its implementation flags."""
-    groups = [{**saved, **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
+    keeps its numbers, this optimizer keeps its implementation flags and its (the config's)
+    learning rate, which a resume after a divergence may have changed."""
+    groups = [{**saved, "lr": mine["lr"], **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
               for saved, mine in zip(state["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
 

@@ -6,7 +6,9 @@ where tensors are read or written, so that reports can be drawn without it."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -28,6 +30,14 @@ REQUIRED_COLUMNS = ("round", "remaining_pct", "test_acc_best", "test_acc_final")
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked; the message is one line saying what to do."""
+
+
+class RunDirBusy(RunDirError):
+    """Another process holds the run directory's lock."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(f"{root} is in use by another lth process; wait for it or choose another --out")
+        self.root = root
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -79,6 +89,8 @@ class RunDir:
     init = property(lambda self: self.checkpoints / "init.safetensors")
     rewind_point = property(lambda self: self.checkpoints / "rewind.safetensors")  # `rewind = "epoch:K"`
     resume_state = property(lambda self: self.checkpoints / "resume" / "state.safetensors")
+    checksums = property(lambda self: self.root / "checksums.sha256")  # `sha256sum -c` format, every checkpoint but the resume state
+    stability = property(lambda self: self.root / "stability.csv")  # `lth stability`: one row per round, pair and rewind point
 
     def checkpoint(self, round_index: int, kind: str) -> Path:
         """`kind` is "best", "final" or "mask"."""
@@ -134,28 +146,70 @@ class RunDir:
         evaluation repeated after a resume keeps its last line."""
         rows: dict[tuple[Any, Any], dict[str, Any]] = {}
         if self.metrics.is_file():
-            for line in self.metrics.read_text(errors="replace").splitlines():
+            lines = self.metrics.read_text(errors="replace").splitlines()
+            for number, line in enumerate(lines, start=1):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.pop(key := (row.get("round"), row.get("step", row.get("epoch"))), None)
-                    rows[key] = row
+                    if number == len(lines):
+                        continue
+                    raise RunDirError(f"{self.metrics}: line {number} is not JSON (damaged, not a torn last line)") from None
+                if not isinstance(row, dict):
+                    raise RunDirError(f"{self.metrics}: line {number} is not a JSON object (damaged)")
+                rows.pop(key := (row.get("round"), row.get("step", row.get("epoch"))), None)
+                rows[key] = row
         return list(rows.values())
 
+    def read_checksums(self) -> dict[str, str]:
+        """Recorded sha256 of each checkpoint, by path relative to the run directory."""
+        if not self.checksums.is_file():
+            return {}
+        sums = {}
+        for number, line in enumerate(self.checksums.read_text(errors="replace").splitlines(), start=1):
+            digest, sep, name = line.partition("  ")
+            if not sep or len(digest) != 64 or not name:
+                raise RunDirError(f"{self.checksums}: line {number} is not '<sha256>  <file>' (damaged?)")
+            sums[name] = digest
+        return sums
+
+    def checksum_problems(self) -> list[str]:
+        """One line per recorded checkpoint that is missing or no longer matches its checksum."""
+        problems = []
+        for name, digest in self.read_checksums().items():
+            path = self.root / name
+            if not path.is_file():
+                problems.append(f"{path}: missing (its checksum is recorded)")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                problems.append(f"{path}: checksum mismatch, the file was changed or damaged")
+        return problems
+
     def load(self, path: Path) -> dict[str, Any]:
-        """Tensors of one checkpoint, as torch tensors."""
+        """Tensors of one checkpoint, as torch tensors, checked against its recorded checksum: a
+        damaged file raises RunDirError naming it, and is never trained on."""
         from safetensors.torch import load
 
-        return load(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: missing; the run directory is damaged (lth verify {self.root} lists what is wrong)") from None
+        recorded = self.read_checksums().get(str(path.relative_to(self.root)))
+        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+            raise RunDirError(f"{path}: checksum mismatch, the file was changed or damaged; restore it or start the run again")
+        try:
+            return load(data)
+        except Exception as exc:  # safetensors raises its own types for torn or foreign files
+            raise RunDirError(f"{path}: not a readable checkpoint ({type(exc).__name__}); restore it or start the run again") from None
 
     # ------------------------------------------------------------ writing
     def save(self, path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save
 
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        atomic_write(path, save(contiguous, metadata=metadata))
+        data = save(contiguous, metadata=metadata)
+        atomic_write(path, data)
+        if path != self.resume_state:  # a scratch file, replaced at every save and checked as it loads
+            sums = {**self.read_checksums(), str(path.relative_to(self.root)): hashlib.sha256(data).hexdigest()}
+            atomic_write(self.checksums, "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
 
     def write_config(self, config: cfgmod.Config) -> None:
         atomic_write(self.config, cfgmod.to_toml(config))
@@ -225,7 +279,9 @@ def prepare(run: RunDir, config: cfgmod.Config, resume: bool, force: bool) -> No
         return
     if not resume:
         raise RunDirError(f"{root} already holds a run; pass --resume to continue it or --force to delete it and start over")
-    if cfgmod.computed(run.read_config()) != cfgmod.computed(config):
+    stored = run.read_config()
+    same_but_lr = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=stored.train.lr))  # a resume may change lr
+    if cfgmod.computed(stored) != cfgmod.computed(same_but_lr):
         raise RunDirError(f"{root} holds a run with a different config; resume it as it is with `lth resume {root}` or choose another --out")
 
 
@@ -242,7 +298,7 @@ def claimed(run: RunDir, force: bool = False) -> Iterator[RunDir]:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RunDirError(f"{run.root} is in use by another lth process; wait for it or choose another --out") from None
+                raise RunDirBusy(run.root) from None
             if force and run.is_run():
                 for child in run.root.iterdir():
                     if child.name != ".lock":

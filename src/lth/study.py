@@ -30,7 +30,8 @@ from lth.progress import Progress
 from lth.pruning import CRITERIA, next_masks, prune_counts
 from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.seeds import prune_seed, reinit_seed, study_seeds
-from lth.train import Member, RoundOutcome, RoundState, steps_per_epoch, train_rounds
+from lth.signals import StopRequest, stop_on_signals
+from lth.train import Diverged, Member, RoundOutcome, RoundState, Stopped, steps_per_epoch, train_rounds
 
 # With eval every N iterations, the position is saved at most this often (checkpoint writes must not throttle a GPU).
 RESUME_SAVE_SECONDS = 30.0
@@ -67,14 +68,23 @@ def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: st
 
 
 def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, progress: bool | None = None,
-                 device: str | None = None) -> StudyResult:
-    """Continue an interrupted study from its own stored config (optionally on another device)."""
+                 device: str | None = None, lr: float | None = None) -> StudyResult:
+    """Continue an interrupted study from its own stored config and data (the folder recorded in
+    its manifest unless `data_dir` says otherwise), optionally on another device or, after a
+    divergence, with another learning rate (recorded in the manifest's history)."""
     run = RunDir(Path(run_dir))
     if not run.is_run():
         raise RunDirError(f"{run.root} is not an lth run directory (no {run.config.name}/{run.manifest.name}); check the path")
     config = run.read_config()
     if device is not None:
         config = cfgmod.apply_overrides(config, {"device": device})
+    if lr is not None:
+        config = cfgmod.apply_overrides(config, {"train.lr": str(lr)})
+    recorded = run.read_manifest().get("data", {}).get("dir")
+    if data_dir is None and recorded:
+        if not Path(recorded).is_dir():
+            raise RunDirError(f"{run.root} was trained on the data in {recorded}, which is gone; pass --data-dir with a copy of it")
+        data_dir = recorded
     return run_study(config, out=run.root, data_dir=data_dir, resume=True, progress=progress)
 
 
@@ -106,12 +116,18 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
         studies = [Study.open(run, c, splits) for run, c in zip(runs, configs)]
         for study in studies:
             stack.callback(study.meter.close)
-        _run_rounds(studies, progress)
+        stop = stack.enter_context(stop_on_signals())
+        try:
+            _run_rounds(studies, progress, stop)
+        except Stopped as stopped:
+            stopped.signum = stop.signum
+            raise
     return [StudyResult(s.run.root, s.rows) for s in studies]
 
 
-def _run_rounds(studies: list[Study], progress: bool | None) -> None:
-    """The studies at the lowest uncommitted round train together, grouped by resume position."""
+def _run_rounds(studies: list[Study], progress: bool | None, stop: StopRequest) -> None:
+    """The studies at the lowest uncommitted round train together, grouped by resume position.
+    A stop request ends it between iterations or rounds; a divergence names its run."""
     bars = Progress(sum(s.total_rounds for s in studies), enabled=progress)
     bars.skip_rounds(sum(len(s.rows) for s in studies))
     try:
@@ -122,6 +138,8 @@ def _run_rounds(studies: list[Study], progress: bool | None) -> None:
             for plan in plans:
                 groups.setdefault(plan.member.resume.steps_done if plan.member.resume else 0, []).append(plan)
             for position, group in groups.items():
+                if stop():
+                    raise Stopped(r, position)
                 lead = group[0]
                 bars.start_round(r, lead.total_steps, position, len(group))
                 persist = lead.member.on_eval
@@ -129,7 +147,12 @@ def _run_rounds(studies: list[Study], progress: bool | None) -> None:
                 for plan in group:
                     plan.started = time.perf_counter()  # a group's time is its own
                 lead.study.meter.start()
-                outcomes = train_rounds([p.member for p in group], lead.study.splits, lead.study.config.train, r)
+                try:
+                    outcomes = train_rounds([p.member for p in group], lead.study.splits, lead.study.config.train, r, stop)
+                except Diverged as exc:
+                    root, lr = group[exc.member].study.run.root, lead.study.config.train.lr
+                    raise Diverged(f"{root}: {exc}; nothing after its last saved position was written: continue with a lower "
+                                   f"learning rate, e.g. lth resume {root} --train.lr {lr / 10:g}", exc.member) from None
                 energy = lead.study.meter.stop().share(len(group))
                 for plan, outcome in zip(group, outcomes):
                     row = plan.study.commit(plan, outcome, energy)
@@ -162,11 +185,13 @@ def rewind_weights(config: Config, r: int, run: RunDir, init: dict[str, torch.Te
     return run.load(run.checkpoint(r - 1, config.rewind))  # "best" or "final": fine-tuning
 
 
-def _matched_counts(config: Config, names: list[str]) -> list[dict[str, int]] | None:
+def _matched_counts(config: Config, names: list[str], run: RunDir) -> list[dict[str, int]] | None:
     """Per-round kept counts of the run a random control copies (checked before any write)."""
     if config.prune.match is None:
         return None
-    other = RunDir(Path(config.prune.match))
+    other = RunDir(Path(config.prune.match).expanduser().resolve())
+    if other.root == run.root.resolve():
+        raise RunDirError(f"prune.match: {other.root} is this run itself; give the run whose densities to copy")
     if not other.is_run():
         raise RunDirError(f"prune.match: {other.root} is not an lth run directory; give the run whose densities to copy")
     counts = []
@@ -205,12 +230,17 @@ class Study:
         seeds = study_seeds(config.seed)
         model = build_model(config.model, seeds["init_seed"])
         names, rates = pruning_plan(config, model)
-        matched = _matched_counts(config, names)
+        matched = _matched_counts(config, names, run)
+        data = {"dir": str(splits.source), "fingerprint": splits.fingerprint}
         if not run.config.exists():
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names,
+                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names, "data": data,
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        else:
+            if problems := run.checksum_problems():
+                raise RunDirError(f"{problems[0]}; restore it or start the run again (lth verify {run.root} lists every problem)")
+            _check_continuation(run, config, data)
         if not run.init.exists():
             run.save(run.init, model.state_dict())
         init = run.load(run.init)
@@ -268,7 +298,11 @@ class Study:
                 if step == at:
                     run.save(run.rewind_point, weights())
 
-        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, snapshots)
+        def on_stop(state: RoundState) -> None:
+            run.save_resume(r, *state.to_file())
+            run.write_metrics(earlier + state.history)
+
+        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots)
         elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
         return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter())
 
@@ -282,6 +316,26 @@ class Study:
         self.rows.append(row)
         self.run.write_rounds(self.rows)
         return row
+
+
+def _check_continuation(run: RunDir, config: Config, data: dict[str, str]) -> None:
+    """A stored run continues only on the data it started on; a changed learning rate (the one
+    change `prepare` lets a resume make) is stored, with where it took effect."""
+    manifest = run.read_manifest()
+    recorded = manifest.get("data", {})
+    if recorded.get("fingerprint") and recorded["fingerprint"] != data["fingerprint"]:
+        raise RunDirError(f"{run.root} was trained on other data ({recorded['dir']}, fingerprint {recorded['fingerprint']}; "
+                          f"{data['dir']} has {data['fingerprint']}); pass --data-dir with the data it used")
+    old = run.read_config()
+    if old.train.lr != config.train.lr:
+        saved = run.load_resume()
+        where = {"round": len(run.read_rounds()), "step": saved[2]["steps_done"] if saved else 0}
+        manifest["history"] = [*manifest.get("history", []), {**where, "train.lr": [old.train.lr, config.train.lr],
+                                                              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+        run.write_config(config)
+        run.write_manifest(manifest)
+        print(f"lth: note: {run.root}: train.lr {old.train.lr:g} -> {config.train.lr:g} from round {where['round']} "
+              f"step {where['step']} (recorded in {run.manifest.name})", file=sys.stderr)
 
 
 @dataclass

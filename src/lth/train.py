@@ -33,6 +33,9 @@ class RoundState:
     best_val_loss: float
     best_val_acc: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # Training-metric sums since the last evaluation, when the position was saved between two
+    # (on a stop signal): {"seen": images, "loss_sum": float, "correct": int}.
+    partial: dict[str, Any] = field(default_factory=dict)
 
     def to_file(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for the run directory's resume file (with the torch RNG)."""
@@ -41,7 +44,7 @@ class RoundState:
         tensors.update({f"opt/{pid}/{key}": v for pid, entry in self.optimizer["state"].items() for key, v in entry.items()})
         tensors["rng/torch"] = torch.get_rng_state()
         meta = {"steps_done": self.steps_done, "best_step": self.best_step, "best_val_loss": self.best_val_loss,
-                "best_val_acc": self.best_val_acc, "history": self.history,
+                "best_val_acc": self.best_val_acc, "history": self.history, "partial": self.partial,
                 "optimizer": {"param_groups": self.optimizer["param_groups"], "state": keys}}
         return tensors, meta
 
@@ -52,7 +55,7 @@ class RoundState:
         opt = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in keys} for pid, keys in meta["optimizer"]["state"].items()}
         part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         return cls(meta["steps_done"], part("model/"), {"state": opt, "param_groups": meta["optimizer"]["param_groups"]},
-                   part("best/"), meta["best_step"], meta["best_val_loss"], meta["best_val_acc"], meta["history"])
+                   part("best/"), meta["best_step"], meta["best_val_loss"], meta["best_val_acc"], meta["history"], meta.get("partial", {}))
 
 
 @dataclass
@@ -72,6 +75,28 @@ class RoundOutcome:
     history: list[dict[str, float]]
 
 
+class Diverged(RuntimeError):
+    """A non-finite loss or weight: the round stops at once and nothing after it is saved."""
+
+    def __init__(self, message: str, member: int) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop was requested (SIGTERM, SIGINT); every member's position was saved first."""
+
+    signum: int | None = None  # set by whoever installed the handlers
+
+    def __init__(self, round_index: int, step: int) -> None:
+        super().__init__(f"round {round_index} step {step}")
+        self.round_index, self.step = round_index, step
+
+
+# On CUDA, reading the loss back every step would stall the graph; there it is read this often.
+FINITE_CHECK_EVERY_CUDA = 50
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Iterations per pass over `n` images; the last batch may be partial (as in Keras)."""
     return math.ceil(n / batch_size)
@@ -86,13 +111,16 @@ class Member:
     data_seed: int
     resume: RoundState | None = None
     on_eval: Callable[[RoundState], None] | None = None
+    on_stop: Callable[[RoundState], None] | None = None  # saves a position between evaluations
     # After every iteration: (step, a function returning the weights); cheap when it has nothing to do.
     snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None
 
 
-def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
+def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int,
+                 stop: Callable[[], bool] = lambda: False) -> list[RoundOutcome]:
     """Train K studies' round together (K = 1: a plain round), validating every `cfg.eval_every`
-    iterations and after the last; members must all start fresh or all resume at one iteration."""
+    iterations and after the last; members must all start fresh or all resume at one iteration.
+    `stop()` is asked after every iteration: when true, positions are saved and `Stopped` raised."""
     device = splits.train_x.device
     resumed = [m.resume for m in members]
     if len({r.steps_done if r else 0 for r in resumed}) > 1 or (any(resumed) and not all(resumed)):
@@ -113,18 +141,26 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
             step: Callable[[torch.Tensor], None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size)
         else:
             step = partial(eager_step, engine, splits.train_x, splits.train_y)
-        outcomes = _loop(members, engine, step, states, splits, cfg, round_index)
+        outcomes = _loop(members, engine, step, states, splits, cfg, round_index, stop)
         engine.write_back([m.model for m in members])
     return outcomes
 
 
-def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tensor], None], states: list[RoundState], splits: Splits, cfg: TrainConfig, round_index: int) -> list[RoundOutcome]:
+def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tensor], None], states: list[RoundState], splits: Splits,
+          cfg: TrainConfig, round_index: int, stop: Callable[[], bool]) -> list[RoundOutcome]:
     n = splits.train_x.shape[0]
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = cfg.round_length(round_index, per_epoch)
     every = cfg.eval_interval(per_epoch)
+    check_every = 1 if splits.train_x.device.type == "cpu" else FINITE_CHECK_EVERY_CUDA
     order_epoch, orders = -1, torch.empty(0)
-    seen, started = 0, time.perf_counter()
+    seen, started = states[0].partial.get("seen", 0), time.perf_counter()
+    for i, state in enumerate(states):  # a position saved between evaluations carries its sums
+        engine.loss_sum[i], engine.correct[i] = state.partial.get("loss_sum", 0.0), state.partial.get("correct", 0)
+
+    def diverged(i: int, done: int, what: str) -> Diverged:
+        return Diverged(f"round {round_index}, epoch {math.ceil(done / per_epoch)}, step {done}: {what}", i)
+
     for index in range(states[0].steps_done, total):
         epoch_index, offset = divmod(index, per_epoch)
         if epoch_index != order_epoch:
@@ -135,26 +171,37 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tenso
         step(idx)
         seen += idx.shape[1]
         done = index + 1
+        if done % check_every == 0 and not (finite := torch.isfinite(engine.loss_sum)).all():
+            raise diverged(int((~finite).nonzero()[0]), done, f"the training loss is {engine.loss_sum[~finite][0].item()}")
         for i, member in enumerate(members):
             if member.snapshots is not None:
                 member.snapshots(done, partial(engine.state, i))
-        if done % every and done != total:
-            continue
-        evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
-        loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()
-        seconds = time.perf_counter() - started
-        for i, (member, state, (val_loss, val_acc)) in enumerate(zip(members, states, evaluations)):
-            if val_loss < state.best_val_loss:
-                state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, val_loss, val_acc
-            state.history.append({"round": round_index, "epoch": math.ceil(done / per_epoch), "step": done,
-                                  "train_loss": loss_sums[i] / seen, "train_acc": corrects[i] / seen,
-                                  "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds})
-            state.steps_done, state.model, state.optimizer = done, engine.state(i), engine.optimizer_state(i)
-            if member.on_eval is not None:
-                member.on_eval(state)
-        engine.loss_sum.zero_()
-        engine.correct.zero_()
-        seen, started = 0, time.perf_counter()
+        if done % every == 0 or done == total:
+            evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
+            loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()
+            seconds = time.perf_counter() - started
+            for i, (member, state, (val_loss, val_acc)) in enumerate(zip(members, states, evaluations)):
+                weights = engine.state(i)
+                if not (math.isfinite(loss_sums[i]) and math.isfinite(val_loss) and all(torch.isfinite(v).all() for v in weights.values())):
+                    raise diverged(i, done, f"a non-finite training loss ({loss_sums[i] / seen}), validation loss ({val_loss}) or weight")
+                if val_loss < state.best_val_loss:
+                    state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, val_loss, val_acc
+                state.history.append({"round": round_index, "epoch": math.ceil(done / per_epoch), "step": done,
+                                      "train_loss": loss_sums[i] / seen, "train_acc": corrects[i] / seen,
+                                      "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds})
+                state.steps_done, state.model, state.optimizer, state.partial = done, weights, engine.optimizer_state(i), {}
+                if member.on_eval is not None:
+                    member.on_eval(state)
+            engine.loss_sum.zero_()
+            engine.correct.zero_()
+            seen, started = 0, time.perf_counter()
+        if stop() and done < total:
+            for i, (member, state) in enumerate(zip(members, states)):
+                state.steps_done, state.model, state.optimizer = done, engine.state(i), engine.optimizer_state(i)
+                state.partial = {"seen": seen, "loss_sum": engine.loss_sum[i].item(), "correct": int(engine.correct[i])}
+                if member.on_stop is not None:
+                    member.on_stop(state)
+            raise Stopped(round_index, done)
     finals = [engine.state(i) for i in range(len(members))]
     test_final = engine.evaluate(splits.test_x, splits.test_y, cfg.eval_batch_size)
     engine.load_weights([s.best for s in states])

@@ -39,13 +39,14 @@ class Run:
 def load_run(run: RunDir) -> Run:
     """One run, or a ReportError naming its directory: a broken run is listed, never fatal."""
     try:
-        config, rounds = run.read_config(), run.read_rounds()
+        config, rounds, metrics = run.read_config(), run.read_rounds(), pd.DataFrame(run.read_metrics())
+        if problems := run.checksum_problems():
+            raise RunDirError(problems[0])
     except (cfgmod.ConfigError, RunDirError) as exc:
         message = str(exc).splitlines()[0]
         raise ReportError(message if str(run.root) in message else f"{run.root}: {message}") from None
     if not rounds:
         raise ReportError(f"{run.root}: no round completed yet")
-    metrics = pd.DataFrame(run.read_metrics())
     return Run(run, config, pd.DataFrame(rounds), metrics if {"round", "val_loss"} <= set(metrics) else pd.DataFrame(columns=["round", "val_loss"]))
 
 
