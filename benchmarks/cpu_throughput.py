@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from lth import config as cfgmod
 from lth.data import load_splits, to_float
+from lth.layout import step_seconds
 from lth.masks import full_masks
 from lth.models import build_model, prunable_names
 from lth.train import Member, train_rounds
@@ -168,7 +169,7 @@ def main() -> None:
         keys = {"train.batch_size": str(args.batch), "train.initial_epochs": "1", **{f"train.{k}": v for k, v in overrides.items()}}
         return cfgmod.apply_overrides(cfgmod.preset("seed"), keys).train
 
-    variants = {"lth engine": lth_config(), "lth engine, channels-last": lth_config(channels_last="true"),
+    variants = {"lth engine": lth_config(channels_last="false"), "lth engine, channels-last": lth_config(channels_last="true"),
                 "lth, channels-last, bf16": lth_config(channels_last="true", precision="bf16")}
 
     keras, keras_note, versions = None, "", ""
@@ -238,6 +239,9 @@ def main() -> None:
         print(f"2 studies trained together (--parallel 2): {rate:.1f} img/s summed over both, {rate / statistics.median(results['lth engine']):.2f}× one study alone")
     if versions:
         print(f"Keras baseline: {versions}")
+    probe = step_seconds(cfgmod.apply_overrides(cfgmod.preset("seed"), {"train.batch_size": str(args.batch)}))
+    print(f"layout a study picks here (lth.layout, measured now): {'channels-last' if probe[True] < probe[False] else 'NCHW'} "
+          f"(NCHW {probe[False] * 1000:.1f} ms/step, channels-last {probe[True] * 1000:.1f} ms/step)")
     print()
     print(f"{'pure step (no lth loop)':<30}{'median img/s':>13}{'vs Keras':>10}")
     for name, rates in bounds.items():

@@ -7,6 +7,7 @@ test failure, never a skip.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ from lth import config as cfgmod
 from lth.data import find_batches_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One cache of measured memory layouts (lth.layout) for the whole session and its subprocesses:
+# every run here then trains in the same layout, which the bit-identity tests need, and the
+# user's own cache is left alone.
+os.environ.setdefault("LTH_CACHE_DIR", tempfile.mkdtemp(prefix="lth-test-cache-"))
 
 # LTH_TEST_DEVICE=cuda runs it on a GPU (CPU by default; bit-identical resume is a CPU promise).
 # A study small enough for CI that overfits by design, so that it prunes on any CPU: 20 real

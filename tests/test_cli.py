@@ -20,7 +20,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--train.epochs", "0"], "train.epochs: must be >= 1"),
+        (["--train.epochs", "0"], "train.epochs: must be between 1 and 100000"),
         (["--prune.fraction", "1.5"], "prune.fraction: must be in (0, 1)"),
         (["--prune.fraction", "abc"], "prune.fraction: expected float"),
         (["--prune.criterion", "nope"], "unknown criterion 'nope'"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -31,7 +32,9 @@ def test_files_present(run, tiny_run):
         for path in (run.best(r), run.final(r), run.mask(r)):
             assert path.is_file(), path
     assert not run.resume_state.exists()  # cleared once a round is committed
-    assert cfgmod.load(run.config) == tiny_config()
+    # The stored config is the one that ran, with the memory layout lth chose pinned (lth.layout).
+    chosen = json.loads(run.manifest.read_text())["execution"]["channels_last"]
+    assert cfgmod.load(run.config) == dataclasses.replace(tiny_config(), train=dataclasses.replace(tiny_config().train, channels_last=chosen))
     assert [row["round"] for row in tiny_run.rounds] == list(range(ROUNDS))
 
 

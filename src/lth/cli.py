@@ -178,6 +178,32 @@ def _cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_stability(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.stability import run_stability
+
+    if extra:
+        raise ConfigError(f"lth stability takes no config overrides (got {extra[0]!r}); it measures the run as it was trained")
+    try:
+        rounds, sweep = (None if t is None else [int(x) for x in _split(t)] for t in (args.rounds, args.rewind_sweep))
+    except ValueError:
+        raise ConfigError("--rounds and --rewind-sweep take comma-separated integers, e.g. 0,2 or 0,100,500,2000") from None
+    run_stability(args.run, rounds, args.copies, args.points, sweep, data_dir=args.data_dir, device=args.device)
+    print(f"results: {RunDir(Path(args.run)).stability}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.export import export_ticket
+
+    if extra:
+        raise ConfigError(f"unexpected argument {extra[0]!r} for lth export")
+    counts = export_ticket(args.run, args.round, args.format, args.out, args.weights, args.force)
+    kept, total = counts.pop("all")
+    print("\n".join(f"{name}: {k:,} of {n:,} kept ({100 * k / n:.1f}%)" for name, (k, n) in counts.items()))
+    print(f"wrote {args.out}: round {args.round}, {args.weights} weights, {kept:,} of {total:,} prunable weights kept ({100 * kept / total:.1f}%)")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="seed", help=f"starting config: {', '.join(cfgmod.PRESETS)} (default: seed)")
     p.add_argument("--config", metavar="FILE", help="TOML file overlaid on the preset")
@@ -239,6 +265,7 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-progress", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
 
+
     report = sub.add_parser("report", help="figures and tables from run or study directories")
     report.add_argument("paths", metavar="DIR", nargs="+")
     report.add_argument("--out", metavar="DIR", help="report directory (default: DIR/report, or the common parent's)")
@@ -247,6 +274,25 @@ def make_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("verify", help="check that runs are whole: files, checksums, masks, counts (exit 1 if not)")
     check.add_argument("paths", metavar="DIR", nargs="+", help="run directories, or a study directory")
     check.set_defaults(func=_cmd_verify)
+
+    stab = sub.add_parser("stability", help="linear mode connectivity: train copies of a round's ticket, measure the error barrier between them")
+    stab.add_argument("run", metavar="RUN", help="a run directory; results go to RUN/stability.csv")
+    stab.add_argument("--rounds", help="comma-separated rounds (default: every committed round)")
+    stab.add_argument("--copies", type=int, default=2, metavar="K", help="copies per round, each with its own data order (default 2)")
+    stab.add_argument("--points", type=int, default=30, metavar="N", help="points on the path between two copies, ends included (default 30)")
+    stab.add_argument("--rewind-sweep", metavar="K,...", help="start from these iterations of round 0 instead of each round's rewind point")
+    stab.add_argument("--data-dir", metavar="DIR")
+    stab.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
+    stab.set_defaults(func=_cmd_stability)
+
+    export = sub.add_parser("export", help="write a round's ticket for plain PyTorch (torch.nn.utils.prune or a masked safetensors state dict)")
+    export.add_argument("run", metavar="RUN")
+    export.add_argument("--round", type=int, required=True, metavar="R")
+    export.add_argument("--format", required=True, metavar="FORMAT", help="prune (torch.save, weight_orig/weight_mask) or state-dict (safetensors)")
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.add_argument("--weights", default="best", metavar="W", help="init (the round's rewind point), best (default) or final")
+    export.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    export.set_defaults(func=_cmd_export)
 
     conf = sub.add_parser("config", help="print the resolved config as TOML", epilog=f"Keys: {keys}")
     _add_config_args(conf)
@@ -274,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         where = getattr(args, "out", None) or getattr(args, "run_dir", None) or "DIR"
-        again = f"lth resume {where}" if args.command != "compare" else "the same lth compare command"
+        again = f"lth resume {where}" if args.command in ("run", "resume") else f"the same lth {args.command} command"
         if isinstance(exc, Stopped) and exc.signum is not None:
             print(f"\nlth: stopped by {signal.Signals(exc.signum).name} at {exc}; the position is saved: continue with {again}", file=sys.stderr)
             return 128 + exc.signum

@@ -255,7 +255,7 @@ def run_comparison(
     if stored.exists() and stored.read_text() != spec.to_toml():
         raise ConfigError(f"{study} holds a different comparison (study.toml); continue it with its own spec or choose another --out")
     for cell in cells:  # refuse before running anything if a cell dir holds a foreign run
-        if cell.out.exists() and any(cell.out.iterdir()) and not RunDir(cell.out).is_run():
+        if cell.out.exists() and any(cell.out.iterdir()) and not RunDir(cell.out).is_run() and not RunDir(cell.out).in_use():
             raise ConfigError(f"{cell.out} exists and is not an lth run; choose another --out")
     atomic_write(stored, spec.to_toml())
     executor = executor or SequentialExecutor()

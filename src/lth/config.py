@@ -61,7 +61,7 @@ class TrainConfig:
     tf32: bool = True  # TF32 on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere+
     # How iterations execute, not what they compute (outside the hash, like `device`):
     engine: str = "auto"  # CUDA graphs on a GPU, eager on CPU; or "eager", "graph" (CUDA only)
-    channels_last: bool = False  # CPU only: NHWC convolutions
+    channels_last: bool | None = None  # CPU only: NHWC convolutions; None ("auto"): measured on the machine (lth.layout)
     precision: str = "fp32"  # or "bf16": autocast on AMX/AVX512-BF16 CPUs and GPUs; fp32 weights and masks
 
     def round_length(self, round_index: int, steps_per_epoch: int) -> int:
@@ -243,7 +243,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check one value against its annotation; a string from the command line is parsed."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "all")):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "all", "auto")):
             return None
         return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)), key)
     if origin is dict:

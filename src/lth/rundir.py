@@ -89,8 +89,9 @@ class RunDir:
     init = property(lambda self: self.checkpoints / "init.safetensors")
     rewind_point = property(lambda self: self.checkpoints / "rewind.safetensors")  # `rewind = "epoch:K"`
     resume_state = property(lambda self: self.checkpoints / "resume" / "state.safetensors")
-    checksums = property(lambda self: self.root / "checksums.sha256")  # `sha256sum -c` format, every checkpoint but the resume state
+    checksums = property(lambda self: self.root / "checksums.sha256")  # `sha256sum -c` format: every file but the log and resume state
     stability = property(lambda self: self.root / "stability.csv")  # `lth stability`: one row per round, pair and rewind point
+    stability_resume = property(lambda self: self.checkpoints / "resume" / "stability.safetensors")  # `lth stability`: the copies in training
 
     def checkpoint(self, round_index: int, kind: str) -> Path:
         """`kind` is "best", "final" or "mask"."""
@@ -102,6 +103,20 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.config.is_file() and self.manifest.is_file()
+
+    def in_use(self) -> bool:
+        """Whether another process holds the lock (it may be writing the first files right now)."""
+        if not (self.root / ".lock").is_file():
+            return False
+        try:
+            with open(self.root / ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
 
     # ------------------------------------------------------------ reading
     def read_config(self) -> cfgmod.Config:
@@ -160,28 +175,39 @@ class RunDir:
                 rows[key] = row
         return list(rows.values())
 
-    def read_checksums(self) -> dict[str, str]:
-        """Recorded sha256 of each checkpoint, by path relative to the run directory."""
+    def read_checksums(self) -> dict[str, set[str]]:
+        """Recorded sha256 of each file, by path relative to the run directory. A file being
+        replaced has its old and new digest recorded until the replacement is in place, so a
+        kill at any moment leaves every file matching one of its digests."""
         if not self.checksums.is_file():
             return {}
-        sums = {}
+        sums: dict[str, set[str]] = {}
         for number, line in enumerate(self.checksums.read_text(errors="replace").splitlines(), start=1):
             digest, sep, name = line.partition("  ")
             if not sep or len(digest) != 64 or not name:
                 raise RunDirError(f"{self.checksums}: line {number} is not '<sha256>  <file>' (damaged?)")
-            sums[name] = digest
+            sums.setdefault(name, set()).add(digest)
         return sums
 
     def checksum_problems(self) -> list[str]:
-        """One line per recorded checkpoint that is missing or no longer matches its checksum."""
+        """One line per recorded file that is missing or no longer matches its checksum."""
         problems = []
-        for name, digest in self.read_checksums().items():
+        for name, digests in self.read_checksums().items():
             path = self.root / name
             if not path.is_file():
                 problems.append(f"{path}: missing (its checksum is recorded)")
-            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            elif hashlib.sha256(path.read_bytes()).hexdigest() not in digests:
                 problems.append(f"{path}: checksum mismatch, the file was changed or damaged")
         return problems
+
+    def _write(self, path: Path, data: bytes | str) -> None:
+        """Atomic write with its checksum recorded (old and new digest while it is replaced)."""
+        data = data.encode() if isinstance(data, str) else data
+        name, digest, sums = str(path.relative_to(self.root)), hashlib.sha256(data).hexdigest(), self.read_checksums()
+        lines = lambda sums: "".join(f"{d}  {n}\n" for n, ds in sorted(sums.items()) for d in sorted(ds))  # noqa: E731
+        atomic_write(self.checksums, lines({**sums, name: sums.get(name, set()) | {digest}}))
+        atomic_write(path, data)
+        atomic_write(self.checksums, lines({**sums, name: {digest}}))
 
     def load(self, path: Path) -> dict[str, Any]:
         """Tensors of one checkpoint, as torch tensors, checked against its recorded checksum: a
@@ -193,7 +219,7 @@ class RunDir:
         except FileNotFoundError:
             raise RunDirError(f"{path}: missing; the run directory is damaged (lth verify {self.root} lists what is wrong)") from None
         recorded = self.read_checksums().get(str(path.relative_to(self.root)))
-        if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        if recorded is not None and hashlib.sha256(data).hexdigest() not in recorded:
             raise RunDirError(f"{path}: checksum mismatch, the file was changed or damaged; restore it or start the run again")
         try:
             return load(data)
@@ -206,16 +232,14 @@ class RunDir:
 
         contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         data = save(contiguous, metadata=metadata)
-        atomic_write(path, data)
-        if path != self.resume_state:  # a scratch file, replaced at every save and checked as it loads
-            sums = {**self.read_checksums(), str(path.relative_to(self.root)): hashlib.sha256(data).hexdigest()}
-            atomic_write(self.checksums, "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
+        # Resume states are scratch, replaced at every save and checked as they load.
+        atomic_write(path, data) if path.parent == self.resume_state.parent else self._write(path, data)
 
     def write_config(self, config: cfgmod.Config) -> None:
-        atomic_write(self.config, cfgmod.to_toml(config))
+        self._write(self.config, cfgmod.to_toml(config))
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        atomic_write(self.manifest, json.dumps(dict(manifest), indent=2) + "\n")
+        self._write(self.manifest, json.dumps(dict(manifest), indent=2) + "\n")
 
     def write_rounds(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Commit: the whole table, rewritten atomically; the round's resume state goes."""
@@ -224,7 +248,7 @@ class RunDir:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-        atomic_write(self.rounds, buf.getvalue())
+        self._write(self.rounds, buf.getvalue())
         self.resume_state.unlink(missing_ok=True)
 
     def write_metrics(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -244,6 +268,9 @@ class RunDir:
 
     def load_resume(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
         """(round, tensors, meta) of the saved position, or None when there is none."""
+        return self._read_resume(tensors=True)
+
+    def _read_resume(self, tensors: bool) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
         path = self.resume_state
         if not path.exists():
             return None
@@ -251,7 +278,8 @@ class RunDir:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta, tensors = json.loads((f.metadata() or {})["lth_resume"]), {k: f.get_tensor(k) for k in f.keys()}
+                meta = json.loads((f.metadata() or {})["lth_resume"])
+                loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
         except Exception as exc:  # a foreign or damaged file: say so in one line
             raise RunDirError(f"{path} is not a readable lth resume state ({type(exc).__name__}); delete it to restart the round from its beginning") from None
         if meta.get("format") != RESUME_FORMAT:
@@ -259,7 +287,19 @@ class RunDir:
                 f"{path} was written by another lth version (resume format {meta.get('format', 1)}, this one reads {RESUME_FORMAT}); "
                 "finish the run with that version, or delete the file to restart the round from its beginning"
             )
-        return meta.pop("round"), tensors, meta
+        return meta.pop("round"), loaded, meta
+
+    def damage(self) -> list[str]:
+        """One line per damaged file: the config, the manifest, the metrics log, the resume
+        state's header, the checkpoints against their checksums. What `lth resume` refuses, and
+        `show` and `report` skip (rounds.csv raises as it is read)."""
+        problems = []
+        for check in (self.read_config, self.read_manifest, self.read_metrics, lambda: self._read_resume(tensors=False)):
+            try:
+                check()
+            except (RunDirError, cfgmod.ConfigError) as exc:
+                problems.append(str(exc))
+        return problems + self.checksum_problems()
 
 
 # ---------------------------------------------------------------- claiming a directory
@@ -273,6 +313,8 @@ def prepare(run: RunDir, config: cfgmod.Config, resume: bool, force: bool) -> No
     if not (root.exists() and any(p.name != ".lock" for p in root.iterdir())):
         return
     if not run.is_run():
+        if run.in_use():
+            raise RunDirBusy(root)
         raise RunDirError(f"{root} is not an lth run directory (no config.toml/manifest.json); "
                           + ("refusing to delete it with --force" if force else "choose another --out"))
     if force:
@@ -307,6 +349,7 @@ def claimed(run: RunDir, force: bool = False) -> Iterator[RunDir]:
     finally:
         if created and not run.config.exists():
             lock_path.unlink(missing_ok=True)
+            run.checksums.unlink(missing_ok=True)
             if not any(run.root.iterdir()):
                 run.root.rmdir()
 

@@ -33,7 +33,7 @@ def rounds_table(run_dir: Path) -> str:
     if not run.root.is_dir():
         raise RunDirError(f"{run_dir} does not exist; pass a run directory")
     rows = run.read_rounds()
-    if problems := run.checksum_problems():
+    if problems := run.damage():
         raise RunDirError(f"{problems[0]} (lth verify {run_dir} lists every problem)")
     if not rows:
         raise RunDirError(f"{run_dir} has no {run.rounds.name} yet (no round completed, or not an lth run)")
@@ -49,7 +49,7 @@ def side_by_side(paths: list[Path]) -> str:
     for run in found:  # a damaged run is listed below the table, not shown
         try:
             rows = run.read_rounds()
-            if problems := run.checksum_problems():
+            if problems := run.damage():
                 raise RunDirError(problems[0])
             readable.append((run, rows))
         except (RunDirError, ConfigError) as exc:

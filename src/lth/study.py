@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from lth.config import Config, ConfigError
 from lth.data import Splits, load_splits
 from lth.energy import EnergyMeter, EnergyReading, make_meter
 from lth.engine import use_graphs
+from lth.layout import choose as choose_layout
 from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
 from lth.models import build_model, layer_types
 from lth.progress import Progress
@@ -104,7 +105,9 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
     for run, c in zip(runs, configs):
         prepare(run, c, resume, force)
     device = resolve_device(first.device)
-    use_graphs(first.train.engine, device)  # refuse "graph" on a CPU before writing anything
+    graphs = use_graphs(first.train.engine, device)  # refuses "graph" on a CPU before writing anything
+    configs, execution = _pin_execution(list(configs), runs, device)
+    execution["engine"] = "graph" if graphs else "eager"
     if device.type == "cpu" and len(configs) > 1:
         print(f"lth: note: training {len(configs)} studies together on a CPU is slower than one after another "
               "(0.78x measured for 2, benchmarks/cpu_throughput.py); --parallel is meant for GPUs", file=sys.stderr)
@@ -113,7 +116,7 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
             stack.enter_context(claimed(run, force))
         d = first.data
         splits = load_splits(data_dir, device=device, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size)
-        studies = [Study.open(run, c, splits) for run, c in zip(runs, configs)]
+        studies = [Study.open(run, c, splits, execution) for run, c in zip(runs, configs)]
         for study in studies:
             stack.callback(study.meter.close)
         stop = stack.enter_context(stop_on_signals())
@@ -123,6 +126,19 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
             stopped.signum = stop.signum
             raise
     return [StudyResult(s.run.root, s.rows) for s in studies]
+
+
+def _pin_execution(configs: list[Config], runs: list[RunDir], device: torch.device) -> tuple[list[Config], dict[str, Any]]:
+    """How a study executes where that is free to choose: a single CPU study's memory layout is
+    the one its run directory already holds, else the config's, else measured on this machine
+    (cached); it is pinned into the stored config, so a resume keeps it. Stacked studies and
+    GPUs train in the default layout."""
+    if device.type != "cpu" or len(configs) > 1:
+        return configs, {"channels_last": False, "chosen": "default"}
+    config, run = configs[0], runs[0]
+    stored = run.read_config().train.channels_last if run.is_run() and config.train.channels_last is None else None
+    choice, how = (stored, "stored with the run") if stored is not None else choose_layout(config)
+    return [replace(config, train=replace(config.train, channels_last=choice))], {"channels_last": choice, "chosen": how}
 
 
 def _run_rounds(studies: list[Study], progress: bool | None, stop: StopRequest) -> None:
@@ -225,7 +241,7 @@ class Study:
         return self.config.prune.rounds + 1
 
     @classmethod
-    def open(cls, run: RunDir, config: Config, splits: Splits) -> Study:
+    def open(cls, run: RunDir, config: Config, splits: Splits, execution: dict[str, Any] | None = None) -> Study:
         """Set a claimed run directory up (config, manifest, θ0 on first use) with its committed rounds."""
         seeds = study_seeds(config.seed)
         model = build_model(config.model, seeds["init_seed"])
@@ -235,10 +251,10 @@ class Study:
         if not run.config.exists():
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names, "data": data,
+                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names, "data": data, "execution": execution or {},
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         else:
-            if problems := run.checksum_problems():
+            if problems := run.damage():
                 raise RunDirError(f"{problems[0]}; restore it or start the run again (lth verify {run.root} lists every problem)")
             _check_continuation(run, config, data)
         if not run.init.exists():

@@ -17,9 +17,8 @@ from lth.rundir import RunDir, RunDirError, find_runs
 def run_problems(run: RunDir) -> list[str]:
     """Every problem found in one run directory, one line each; [] when it is whole."""
     try:
-        config, rows = run.read_config(), run.read_rounds()
-        run.read_manifest(), run.read_metrics(), run.load_resume()
-        problems = run.checksum_problems()
+        config, rows, _ = run.read_config(), run.read_rounds(), run.read_manifest()
+        problems = run.damage()
     except (ConfigError, RunDirError) as exc:
         return [str(exc)]
     needed = [run.init] + ([run.rewind_point] if config.rewind_epoch is not None and rows else [])

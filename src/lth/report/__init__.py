@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lth.report import figures, tables
+from lth.report import figures, stability, tables
 from lth.report.markdown import report_markdown
 from lth.report.tables import ReportError, Run, group_label, group_runs, load_run, mask_jaccard, paired_comparison, read_runs, score_histograms
 from lth.rundir import atomic_write
@@ -34,7 +34,7 @@ def write_report(paths: Sequence[str | os.PathLike], out: str | os.PathLike | No
     out = Path(out) if out is not None else (paths[0] if len(paths) == 1 else Path(os.path.commonpath([p.resolve() for p in paths]))) / "report"
     baseline = baseline or next((g for g, rs in groups.items() if rs[0].config.prune.criterion == "high-movement"), next(iter(groups)))
     data = {"summary": tables.summary_table(groups), "comparison": tables.compare_groups(groups, baseline), "long": tables.long_table(groups),
-            "agreement": tables.mask_agreement(groups) if len(groups) > 1 else pd.DataFrame()}
+            "agreement": tables.mask_agreement(groups) if len(groups) > 1 else pd.DataFrame(), "stability": stability.stability_table(groups)}
     for file, name in (("summary.csv", "summary"), ("comparison.csv", "comparison"), ("mask_agreement.csv", "agreement")):
         if name != "agreement" or not data[name].empty:
             atomic_write(out / file, data[name].to_csv(index=False))
@@ -63,6 +63,8 @@ def _draw(groups: tables.Groups, data: dict[str, pd.DataFrame], out: Path, score
     if not data["agreement"].empty:
         draw("mask_agreement.png", "Jaccard overlap of kept weights between groups (same round and seed)", figures.plot_mask_agreement,
              data["agreement"], tensor_order=list(dict.fromkeys(density["tensor"])))
+    for file, caption, plot, kw in stability.figures(data["stability"]):  # where runs hold `lth stability` results
+        draw(file, caption, plot, data["stability"], **kw)
     hists, rnd = _score_histograms(groups, scores_round)
     if hists:
         draw(f"scores_round_{rnd:02d}.png", f"Pruning score (each group's criterion) and final weights of round {rnd - 1}, pruned vs kept at "

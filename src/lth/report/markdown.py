@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from lth.report.stability import stability_lines
 from lth.report.tables import Run
 
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std (min–max) over seeds; *early stopping* = the weights of the evaluation with "
@@ -137,7 +138,7 @@ def report_markdown(groups: Mapping[str, Sequence[Run]], tables: Mapping[str, pd
     out += ["## Dense baseline and best round", "", "Round 0 is the dense network; the best round is the one with the highest mean test "
             "accuracy at early stopping (pp = percentage points).", "", *best_round_lines(tables["summary"])]
     out += ["## Paired comparison", "", *comparison_lines(tables["comparison"], baseline, n)]
-    out += ["## Mask agreement", "", *agreement_lines(tables["agreement"], n), "## Energy", "", *energy_lines(tables["long"]), "## Figures", ""]
+    out += ["## Mask agreement", "", *agreement_lines(tables["agreement"], n), *stability_lines(tables.get("stability", pd.DataFrame())), "## Energy", "", *energy_lines(tables["long"]), "## Figures", ""]
     for file, caption in figures:
         out += [f"**{caption}**", "", f"![{caption}]({file})", ""]
     agreement_csv = ", [mask_agreement.csv](mask_agreement.csv)" if not tables["agreement"].empty else ""

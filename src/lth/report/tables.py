@@ -40,7 +40,7 @@ def load_run(run: RunDir) -> Run:
     """One run, or a ReportError naming its directory: a broken run is listed, never fatal."""
     try:
         config, rounds, metrics = run.read_config(), run.read_rounds(), pd.DataFrame(run.read_metrics())
-        if problems := run.checksum_problems():
+        if problems := run.damage():
             raise RunDirError(problems[0])
     except (cfgmod.ConfigError, RunDirError) as exc:
         message = str(exc).splitlines()[0]

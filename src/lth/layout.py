@@ -1,0 +1,92 @@
+"""The memory layout a CPU study trains in, measured on the machine itself: channels-last pays
+1.25x on an AVX-512 Xeon and loses on an AVX2 EPYC, and a laptop or cluster node can be either.
+Both layouts compute the same thing (only the summation order of the convolutions differs), so
+the choice is execution, like the device: outside the config hash, recorded in the manifest,
+pinned by `train.channels_last = true|false`. A choice is measured once per machine, torch
+version, thread count, model, batch size and precision, and cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from lth.config import Config
+from lth.engine import ModuleEngine, eager_step
+from lth.models import build_model
+
+CACHE_ENV_VAR = "LTH_CACHE_DIR"
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get(CACHE_ENV_VAR) or platformdirs.user_cache_dir("lth")) / "layouts.json"
+
+
+def cpu_name() -> str:
+    """The processor's model name and the vector extensions that decide convolution speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
+    return " ".join([name, *sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))])
+
+
+def machine_key(config: Config) -> str:
+    t = config.train
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {config.model} | batch {t.batch_size} | {t.precision}"
+
+
+def step_seconds(config: Config, steps: int = 6, rounds: int = 3) -> dict[bool, float]:
+    """Median seconds per training iteration in each layout, the two measured in alternation
+    (the machine's noise hits both alike) on a copy of the model and a synthetic batch from
+    a generator of its own, so that the study's weights and random streams are untouched."""
+    generator = torch.Generator().manual_seed(0)
+    b = config.train.batch_size
+    images = torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (b,), generator=generator)
+    idx = torch.arange(b).unsqueeze(0)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    with torch.random.fork_rng(devices=[]):  # building a model draws from the global stream
+        engines = {cl: ModuleEngine(build_model(config.model, 0), {}, dataclasses.replace(config.train, channels_last=cl), torch.device("cpu"))
+                   for cl in (False, True)}
+        for _ in range(rounds):
+            for cl, engine in engines.items():
+                eager_step(engine, images, labels, idx)  # warm-up: oneDNN picks and caches kernels per layout
+                start = time.perf_counter()
+                for _ in range(steps):
+                    eager_step(engine, images, labels, idx)
+                times[cl].append((time.perf_counter() - start) / steps)
+    return {cl: statistics.median(t) for cl, t in times.items()}
+
+
+def choose(config: Config) -> tuple[bool, str]:
+    """(channels_last, how it was chosen: "config", "cached" or "measured") for a CPU study."""
+    if config.train.channels_last is not None:
+        return config.train.channels_last, "config"
+    key, path = machine_key(config), cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache, dict) and isinstance(cache.get(key), dict) and isinstance(cache[key].get("channels_last"), bool):
+        return cache[key]["channels_last"], "cached"
+    seconds = step_seconds(config)
+    choice = seconds[True] < seconds[False]
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"channels_last": choice, "seconds_per_step": {"nchw": seconds[False], "channels_last": seconds[True]}}
+    try:
+        from lth.rundir import atomic_write
+
+        atomic_write(path, json.dumps(cache, indent=2) + "\n")
+    except OSError:
+        pass  # a cache that cannot be written costs a measurement next time, nothing else
+    return choice, "measured"
