@@ -5,6 +5,7 @@ graphs) is in test_gpu.py; everything here runs on the CPU on real CIFAR-10 slic
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -300,3 +301,64 @@ def test_a_non_finite_loss_stops_the_round_at_once_naming_where(splits):
     with pytest.raises(Diverged, match=r"round 1, epoch 1, step [12]: the training loss is (nan|inf)"):
         train_rounds(member, splits, short_train(**{"train.lr": "1e30"}), round_index=1)
     assert saved == []  # nothing after the divergence reached the caller to be saved
+
+
+def test_a_failed_capture_falls_back_to_eager_once_with_one_warning(splits, monkeypatch, capsys):
+    """`engine = "auto"`: a capture that raises costs one warning line naming the cause, and that
+    round and every later one train eagerly, bit-identical to eager steps; `"graph"` raises it."""
+    from contextlib import nullcontext
+
+    from lth import engine as engine_mod
+
+    tries = []
+
+    def failing_capture(fn):
+        tries.append(fn)
+        raise RuntimeError("operation not permitted when stream is capturing\n(a second line)")
+
+    monkeypatch.setattr(engine_mod, "capture", failing_capture)
+    monkeypatch.setattr(engine_mod, "side_stream", nullcontext)
+    monkeypatch.setattr(engine_mod.GraphedStep, "failure", None)
+    cfg, model, masks = short_train(), build_model("seed-cnn", 1), members((1,))[0].masks
+    eager = ModuleEngine(copy.deepcopy(model), masks, cfg, CPU)
+    graphed = ModuleEngine(copy.deepcopy(model), masks, cfg, CPU)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two rounds, each with its own GraphedStep
+        step = engine_mod.GraphedStep(graphed, splits.train_x, splits.train_y, cfg.batch_size, fallback=True)
+        for _ in range(6):
+            idx = torch.randint(0, 120, (1, cfg.batch_size), generator=gen)
+            engine_mod.eager_step(eager, splits.train_x, splits.train_y, idx)
+            step(idx)
+    assert len(tries) == 1
+    err = capsys.readouterr().err
+    assert err.count("lth: warning: CUDA graph capture failed (RuntimeError: operation not permitted when stream is capturing)") == 1
+    assert err.count("\n") == 1
+    assert all(torch.equal(a, b) for a, b in zip(eager.state().values(), graphed.state().values()))
+    monkeypatch.setattr(engine_mod.GraphedStep, "failure", None)
+    strict = engine_mod.GraphedStep(graphed, splits.train_x, splits.train_y, cfg.batch_size, fallback=False)
+    with pytest.raises(RuntimeError, match="stream is capturing"):
+        for _ in range(engine_mod.GraphedStep.WARMUP + 1):
+            strict(torch.randint(0, 120, (1, cfg.batch_size), generator=gen))
+
+
+def test_the_manifest_records_the_engine_actually_used(data_root, tmp_path, monkeypatch):
+    """A study that asked for graphs (as on a GPU) but whose capture failed says so."""
+    from contextlib import nullcontext
+
+    from conftest import tiny_config
+    from lth import engine as engine_mod
+    from lth import study as study_mod
+    from lth import train as train_mod
+
+    def failing_capture(fn):
+        raise RuntimeError("stand-in capture failure")
+
+    monkeypatch.setattr(engine_mod, "capture", failing_capture)
+    monkeypatch.setattr(engine_mod, "side_stream", nullcontext)
+    monkeypatch.setattr(engine_mod.GraphedStep, "failure", None)
+    monkeypatch.setattr(train_mod, "use_graphs", lambda engine, device: True)
+    monkeypatch.setattr(study_mod, "use_graphs", lambda engine, device: True)
+    config = cfgmod.apply_overrides(tiny_config(), {"prune.rounds": "0", "train.initial_epochs": "3"})
+    result = study_mod.run_study(config, out=tmp_path / "run", data_dir=data_root, progress=False)
+    execution = json.loads((result.run_dir / "manifest.json").read_text())["execution"]
+    assert execution["engine"] == "eager (graph capture failed: RuntimeError: stand-in capture failure)"

@@ -6,6 +6,7 @@ Every path runs the same `body`, so none can drift from the eager one (bit-for-b
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -246,15 +247,16 @@ class GraphedStep:
     batch (capture does not execute); a partial batch runs eagerly."""
 
     WARMUP = 3
+    failure: str | None = None  # why a capture failed in this process: later rounds do not try again
 
-    def __init__(self, engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, batch_size: int) -> None:
-        self.engine, self.train_x, self.train_y = engine, train_x, train_y
+    def __init__(self, engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, batch_size: int, fallback: bool = True) -> None:
+        self.engine, self.train_x, self.train_y, self.fallback = engine, train_x, train_y, fallback
         self.idx = torch.zeros((engine.k, batch_size), dtype=torch.long, device=train_x.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
 
     def __call__(self, idx: torch.Tensor) -> None:
-        if idx.shape != self.idx.shape:
+        if idx.shape != self.idx.shape or (self.fallback and GraphedStep.failure is not None):
             return eager_step(self.engine, self.train_x, self.train_y, idx)
         if self.graph is None and self.warm < self.WARMUP:
             self.warm += 1
@@ -264,7 +266,16 @@ class GraphedStep:
             # Unset gradients: the captured backward allocates them from the graph's pool, so
             # every replay overwrites (never accumulates) them.
             self.engine.zero_grad()
-            self.graph = capture(lambda: self.engine.body(self.train_x[self.idx], self.train_y[self.idx]))
+            try:
+                self.graph = capture(lambda: self.engine.body(self.train_x[self.idx], self.train_y[self.idx]))
+            except Exception as exc:  # a driver, kernel or allocator that cannot be captured: "auto" trains eagerly
+                if not self.fallback:
+                    raise
+                GraphedStep.failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'}"
+                print(f"lth: warning: CUDA graph capture failed ({GraphedStep.failure}); training eagerly from here on "
+                      "(train.engine = \"eager\" skips the attempt)", file=sys.stderr)
+                self.engine.zero_grad()
+                return eager_step(self.engine, self.train_x, self.train_y, idx)
         self.idx.copy_(idx)
         self.graph.replay()
 

@@ -202,7 +202,12 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
     together = dev.type == "cuda" if together is None else together
     with claimed(run):
         d = config.data
-        splits = load_splits(data_dir, device=dev, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size) if todo else None
+        recorded = run.read_manifest().get("data", {})  # the data the run was trained on, as a resume finds it
+        splits = load_splits(data_dir or recorded.get("dir"), device=dev, train_size=d.train_size, val_size=d.val_size,
+                             test_size=d.test_size) if todo else None
+        if splits is not None and recorded.get("fingerprint") not in (None, splits.fingerprint):
+            raise RunDirError(f"{run.root} was trained on other data (fingerprint {recorded['fingerprint']}, {splits.source} has "
+                              f"{splits.fingerprint}); pass --data-dir with the data it used")
         starts = replay_round0(config, run, splits, [k for _, _, k, _ in todo]) if sweep and todo else {}
         seeds = [copy_seed(config.seed, i) for i in range(copies)]
         for r, label, k, steps in todo:

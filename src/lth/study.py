@@ -326,6 +326,9 @@ class Study:
         """Store the round's weights, then its rounds.csv row: the round is done."""
         self.run.save(self.run.best(plan.r), outcome.best)
         self.run.save(self.run.final(plan.r), outcome.final)
+        manifest = self.run.read_manifest()
+        if manifest.get("execution", {}).get("engine", outcome.engine) != outcome.engine:  # the engine actually used
+            self.run.write_manifest({**manifest, "execution": {**manifest["execution"], "engine": outcome.engine}})
         row = {**_round_row(plan, outcome, time.perf_counter() - plan.started), **energy.as_row()}
         if plan.member.resume is not None and energy.kwh is not None:
             row["energy_method"] += "; resumed round: the interrupted part is not counted"

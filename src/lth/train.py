@@ -5,6 +5,7 @@ function of the data seed and the epoch (`lth.seeds`), so a resumed round sees t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,7 @@ class RoundOutcome:
     test_loss_best: float
     test_loss_final: float
     history: list[dict[str, float]]
+    engine: str = "eager"  # how its iterations ran: "graph", "eager", or eager after a failed capture (why)
 
 
 class Diverged(RuntimeError):
@@ -138,11 +140,14 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
         else:
             states = [RoundState(0, {}, {}, engine.state(i), 0, float("inf"), 0.0, []) for i in range(len(members))]
         if graphed:
-            step: Callable[[torch.Tensor], None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size)
+            step: Callable[[torch.Tensor], None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size, fallback=cfg.engine == "auto")
         else:
             step = partial(eager_step, engine, splits.train_x, splits.train_y)
         outcomes = _loop(members, engine, step, states, splits, cfg, round_index, stop)
         engine.write_back([m.model for m in members])
+        if graphed:
+            used = "graph" if GraphedStep.failure is None else f"eager (graph capture failed: {GraphedStep.failure})"
+            outcomes = [dataclasses.replace(o, engine=used) for o in outcomes]
     return outcomes
 
 
