@@ -151,11 +151,26 @@ def _compare_spec(args: argparse.Namespace, extra: list[str]) -> compare.Compare
 
 
 def _cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.executors import executor_spec, split_executor_tokens
+
+    executor_tokens, extra = split_executor_tokens(extra)
     spec = _compare_spec(args, extra)
+    engine = executor_spec(compare.executor_table(args.spec) if args.spec else {}, args.executor, executor_tokens)
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    result = compare.run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report, parallel=args.parallel)
+    result = compare.run_comparison(spec, out, data_dir=args.data_dir, progress=False if args.no_progress else None, report=not args.no_report,
+                                    parallel=args.parallel, engine=engine, retry_failed=args.retry_failed)
     busy = f", {len(result.busy)} left to another process" if result.busy else ""
-    print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete{busy})")
+    submitted = f", {len(result.submitted)} submitted to {engine.kind}" if result.submitted else ""
+    print(f"study directory: {result.study_dir} ({len(result.ran)} cells run, {len(result.skipped)} already complete{busy}{submitted})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, extra: list[str]) -> int:
+    from lth.status import format_status, study_status
+
+    if extra:
+        raise ConfigError(f"unexpected argument {extra[0]!r} for lth status")
+    print(format_status(Path(args.study), study_status(Path(args.study))))
     return 0
 
 
@@ -263,8 +278,16 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 in any cell")
     cmp_.add_argument("--parallel", type=int, default=1, metavar="K", help="train up to K compatible cells together on one device (default 1)")
     cmp_.add_argument("--no-progress", action="store_true")
+    cmp_.add_argument("--executor", metavar="KIND",
+                      help="where cells run: local (default, this process), slurm (submitit job arrays) or ray; "
+                           "options as --executor.KEY VALUE (slurm: partition, gpus, cpus, mem, time, parallelism, any sbatch option; "
+                           "ray: address, cpus, gpus, local_cpus)")
+    cmp_.add_argument("--retry-failed", action="store_true", help="submit only the cells whose last job failed (see lth status)")
     cmp_.set_defaults(func=_cmd_compare)
 
+    status = sub.add_parser("status", help="every cell of a comparison study: done, running (job id), failed (log, error) or pending")
+    status.add_argument("study", metavar="STUDY_DIR")
+    status.set_defaults(func=_cmd_status)
 
     report = sub.add_parser("report", help="figures and tables from run or study directories")
     report.add_argument("paths", metavar="DIR", nargs="+")

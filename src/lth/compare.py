@@ -4,8 +4,12 @@ run cell by cell into one study directory, then one combined report.
 Each cell is an ordinary run directory (`<study>/<variant>/seed-<s>/`), so everything that
 reads runs reads cells. Cells already complete are skipped and interrupted ones resumed, so
 rerunning the same command continues a study. Cells go through an executor seam with the
-`concurrent.futures.Executor` interface — sequential in this process by default — so a cluster
-engine (submitit, ray) can be plugged in without touching the study logic.
+`concurrent.futures.Executor` interface — sequential in this process by default, or Ray's tasks
+(`lth.executors`) — and a batch system (Slurm through submitit) takes every wave as job arrays
+and returns at once. Every engine runs the same job, `executors.run_job`: "these cells of the
+study in this directory", read from disk. The study directory holds `study.toml` (the spec),
+`jobs/data.txt` (where the jobs find CIFAR-10), `jobs/cells/*.json` (which job last ran each cell,
+and how it ended; what `lth status` reads) and `jobs/slurm/` (submitit's logs).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
+import json
 import os
+import shutil
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +29,9 @@ from typing import Any
 import tomli_w
 
 from lth import config as cfgmod
+from lth import executors
 from lth.config import Config, ConfigError
+from lth.data import resolve_data_dir
 from lth.report import write_report
 from lth.rundir import RunDir, RunDirBusy, atomic_write, prepare
 from lth.study import StudyResult, compatible, run_studies
@@ -98,7 +106,7 @@ def load_spec(path: str | os.PathLike) -> CompareSpec:
         raise ConfigError(f"cannot read study file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    known = {"name", "base", "seeds", "replicates", "seed", "overrides", "variants", "criteria", "rewinds", "models"}
+    known = {"name", "base", "seeds", "replicates", "seed", "overrides", "variants", "criteria", "rewinds", "models", "executor"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown study key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -122,6 +130,15 @@ def load_spec(path: str | os.PathLike) -> CompareSpec:
     return spec
 
 
+def executor_table(path: str | os.PathLike) -> dict[str, Any]:
+    """A study file's `[executor]` table (kind and options); where the study runs is not part of
+    what it is, so it stays out of `study.toml`."""
+    table = tomllib.loads(Path(path).read_text()).get("executor", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: executor must be a table, e.g. [executor] kind = \"slurm\"")
+    return table
+
+
 @dataclass(frozen=True)
 class Cell:
     label: str
@@ -129,6 +146,11 @@ class Cell:
     config: Config
     out: Path
     depends_on: str | None = None  # the variant label whose same-seed run it matches
+
+    @property
+    def name(self) -> str:
+        """How jobs, records and `lth status` name the cell: `<variant>/seed-<s>`."""
+        return f"{self.label}/seed-{self.seed}"
 
 
 def plan(spec: CompareSpec, out: Path) -> list[Cell]:
@@ -162,6 +184,67 @@ def plan(spec: CompareSpec, out: Path) -> list[Cell]:
 def is_complete(cell: Cell) -> bool:
     run = RunDir(cell.out)
     return run.is_run() and len(run.read_rounds()) == cell.config.prune.rounds + 1
+
+
+# ---------------------------------------------------------------- the study directory's job bookkeeping
+
+
+def study_file(study: Path) -> Path:
+    return study / "study.toml"
+
+
+def jobs_dir(study: Path) -> Path:
+    return study / "jobs"
+
+
+def data_record(study: Path) -> Path:
+    return jobs_dir(study) / "data.txt"
+
+
+def job_record(study: Path, cell: Cell) -> Path:
+    return jobs_dir(study) / "cells" / f"{cell.label}.seed-{cell.seed}.json"
+
+
+def write_job_record(study: Path, cell: Cell, **record: Any) -> None:
+    """What a job last did with a cell: submitted, running, requeued, stopped, done or failed,
+    with its job id and log (atomic: `lth status` may read it at any moment)."""
+    atomic_write(job_record(study, cell), json.dumps({"cell": cell.name, **record}) + "\n")
+
+
+def read_job_record(study: Path, cell: Cell) -> dict[str, Any]:
+    try:
+        return json.loads(job_record(study, cell).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def stored_spec(study: Path) -> CompareSpec:
+    """The spec a study directory holds, as `lth compare` wrote it."""
+    if not study_file(study).is_file():
+        raise ConfigError(f"{study} is not a comparison study (no study.toml); give the --out of an lth compare")
+    return load_spec(study_file(study))
+
+
+def cells_named(study: Path, names: Sequence[str] | None) -> list[Cell]:
+    """The cells of the study on disk with these names (all of them for None), in plan order."""
+    cells = plan(stored_spec(study), study)
+    if names is None:
+        return cells
+    by_name = {c.name: c for c in cells}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"{study}: no cell {unknown[0]!r} in its study.toml")
+    return [by_name[n] for n in names]
+
+
+def record_data_dir(study: Path, data_dir: str | os.PathLike | None) -> str:
+    """Where the jobs find CIFAR-10: `--data-dir` (a path valid on the nodes) or where this
+    command finds it, kept in the study directory for later submissions and for the record."""
+    if data_dir is None and not os.environ.get("LTH_DATA_DIR") and data_record(study).is_file():
+        return data_record(study).read_text().strip()
+    found = str(resolve_data_dir(data_dir))
+    atomic_write(data_record(study), found + "\n")
+    return found
 
 
 class SequentialExecutor(concurrent.futures.Executor):
@@ -231,6 +314,7 @@ class CompareResult:
     skipped: list[Path] = field(default_factory=list)
     busy: list[Path] = field(default_factory=list)  # being run by another process (another `lth compare`, a cluster job)
     report_dir: Path | None = None
+    submitted: list[tuple[str, str]] = field(default_factory=list)  # (cell, job id) left running on a batch system
 
 
 def run_comparison(
@@ -242,48 +326,105 @@ def run_comparison(
     report: bool = True,
     log: Callable[[str], None] = print,
     parallel: int = 1,
+    engine: executors.ExecutorSpec | None = None,
+    retry_failed: bool = False,
 ) -> CompareResult:
     """Run every incomplete cell, then write the combined report into `<out>/report/`.
 
     `parallel` > 1 trains up to that many compatible cells together on one device; each batch
-    of cells is one call through the executor."""
+    of cells is one job. `engine` chooses where jobs run (`executor` overrides it with any
+    `concurrent.futures.Executor`); on Slurm the jobs are submitted and this returns, and the
+    job that completes the study writes the report. `retry_failed` runs only the cells whose
+    last job failed."""
     if parallel < 1:
         raise ConfigError(f"--parallel: must be >= 1, got {parallel}")
+    engine = engine or executors.ExecutorSpec()
     study = Path(out)
     cells = plan(spec, study)
-    stored = study / "study.toml"
+    stored = study_file(study)
     if stored.exists() and stored.read_text() != spec.to_toml():
         raise ConfigError(f"{study} holds a different comparison (study.toml); continue it with its own spec or choose another --out")
     for cell in cells:  # refuse before running anything if a cell dir holds a foreign run
         if cell.out.exists() and any(cell.out.iterdir()) and not RunDir(cell.out).is_run() and not RunDir(cell.out).in_use():
             raise ConfigError(f"{cell.out} exists and is not an lth run; choose another --out")
+    created = not study.exists()
+    engine_executor = executor or executors.build(engine, study) or SequentialExecutor()  # a missing extra: nothing written
     atomic_write(stored, spec.to_toml())
-    executor = executor or SequentialExecutor()
+    data = record_data_dir(study, data_dir)
+    # Jobs elsewhere (Ray workers, Slurm nodes) get the study by its absolute path.
+    where = str(study) if engine.kind == "local" and executor is None else str(study.resolve())
     result = CompareResult(study)
-    data = None if data_dir is None else str(data_dir)
-    for wave in (False, True):  # cells that copy another ticket wait for the first wave
-        todo = []
-        for cell in (c for c in cells if (c.depends_on is not None) == wave):
-            if is_complete(cell):
-                result.skipped.append(cell.out)
-                log(f"[{cell.label} seed {cell.seed}] complete, skipped")
-                continue
-            if cell.depends_on is not None and study / cell.depends_on / f"seed-{cell.seed}" in result.busy:
-                result.busy.append(cell.out)
-                log(f"[{cell.label} seed {cell.seed}] waits for {cell.depends_on}, which another process is running; left for later")
-                continue
-            log(f"[{cell.label} seed {cell.seed}] running into {cell.out}")
-            todo.append(cell)
-        pending = [executor.submit(_run_cells, batch, data, progress) for batch in parallel_batches(todo, parallel)]
-        for future in pending:
-            ran, busy = future.result()  # re-raises a cell's error here
-            result.ran += ran
-            result.busy += busy
-            for path in busy:
-                log(f"[{path}] in use by another lth process; left to it")
-    if result.busy:
+    waves = [_select(cells, wave, study, result, log, retry_failed) for wave in (False, True)]
+    if isinstance(engine_executor, executors.SlurmSubmitter):
+        try:
+            _submit_detached(engine_executor, waves, parallel, where, data, report, study, result, log)
+        except ConfigError:
+            if created and not result.submitted:  # refused input leaves nothing behind
+                shutil.rmtree(study, ignore_errors=True)
+            raise
+    else:
+        for todo in waves:
+            waiting = [c for c in todo if c.depends_on and study / c.depends_on / f"seed-{c.seed}" in result.busy]
+            result.busy += [c.out for c in waiting]  # their ticket is being trained elsewhere: left for later
+            todo = [c for c in todo if c not in waiting]
+            pending = []
+            for batch in parallel_batches(todo, parallel):
+                for cell in batch:
+                    log(f"[{cell.label} seed {cell.seed}] running into {cell.out}")
+                pending.append(engine_executor.submit(executors.run_job, where, [c.name for c in batch], data, progress, False))
+            for future in pending:
+                ran, busy = future.result()  # re-raises a cell's error here
+                result.ran += [Path(p) for p in ran]
+                result.busy += [Path(p) for p in busy]
+                for path in busy:
+                    log(f"[{path}] in use by another lth process; left to it")
+    if result.submitted:
+        log(f"{len(result.submitted)} cell(s) submitted; follow them with: lth status {study} (the last job writes the report)")
+    elif result.busy:
         log(f"report not written: {len(result.busy)} cell(s) still run elsewhere; rerun this command (or lth report {study}) when they finish")
     elif report:
         result.report_dir = write_report([study], out=study / "report")
         log(f"report: {result.report_dir / 'report.md'}")
     return result
+
+
+def _select(cells: list[Cell], wave: bool, study: Path, result: CompareResult, log: Callable[[str], None],
+            retry_failed: bool) -> list[Cell]:
+    """The cells of one wave (second: those copying another cell's ticket) that need a job:
+    incomplete, not run by a live job now, and with `retry_failed` only the failed ones."""
+    from lth.status import cell_status
+
+    todo = []
+    for cell in (c for c in cells if (c.depends_on is not None) == wave):
+        state = cell_status(study, cell)
+        if state.state == "done":
+            result.skipped.append(cell.out)
+            log(f"[{cell.label} seed {cell.seed}] complete, skipped")
+        elif state.state == "running" or (state.state == "pending" and state.job):
+            result.busy.append(cell.out)
+            log(f"[{cell.label} seed {cell.seed}] {state.state} as job {state.job}; left to it")
+        elif retry_failed and state.state != "failed":
+            log(f"[{cell.label} seed {cell.seed}] {state.state}, not failed: not retried")
+        elif cell.depends_on is not None and study / cell.depends_on / f"seed-{cell.seed}" in result.busy:
+            result.busy.append(cell.out)
+            log(f"[{cell.label} seed {cell.seed}] waits for {cell.depends_on}, which another process is running; left for later")
+        else:
+            todo.append(cell)
+    return todo
+
+
+def _submit_detached(submitter: executors.SlurmSubmitter, waves: list[list[Cell]], parallel: int, where: str, data: str,
+                     report: bool, study: Path, result: CompareResult, log: Callable[[str], None]) -> None:
+    """Every wave as one job array (the second after the first has ended), recorded per cell."""
+    earlier: list[Any] = []
+    for todo in waves:
+        batches = parallel_batches(todo, parallel)
+        if not batches:
+            continue
+        jobs = submitter.submit_array([(where, [c.name for c in b], data, report) for b in batches], after=earlier)
+        for batch, job in zip(batches, jobs):
+            for cell in batch:
+                write_job_record(study, cell, state="submitted", job=str(job.job_id), log=str(job.paths.stderr))
+                result.submitted.append((cell.name, str(job.job_id)))
+            log(f"[{', '.join(c.name for c in batch)}] submitted as Slurm job {job.job_id}")
+        earlier = jobs
