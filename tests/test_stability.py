@@ -130,20 +130,25 @@ def progress_meta(run: RunDir) -> dict:
 
 
 @pytest.mark.skipif(not CPU, reason="bit-identical resume is a CPU promise")
-def test_sigkill_mid_copy_then_resume_matches_the_uninterrupted_run(measured, tiny_run, data_root, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_kill_mid_copy_then_resume_matches_the_uninterrupted_run(measured, tiny_run, data_root, tmp_path, signum):
+    """SIGKILL: resumed from the copies' last evaluation; SIGTERM: saved at the next iteration, exit 143."""
     run = RunDir(tmp_path / "run")
     shutil.copytree(tiny_run.run_dir, run.root)
     cmd = [sys.executable, "-m", "lth", "stability", str(run.root), "--rounds", "2", "--points", "5", "--data-dir", str(data_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:  # copy 0 done, copy 1 part-way: the position is mid-copy
-        while not ((meta := progress_meta(run)).get("done") == [0] and "1" in meta.get("states", {})):
+        while not ((meta := progress_meta(run)).get("done") == [0] and meta.get("states", {}).get("1", {}).get("steps_done", 99) <= 18):
             assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()}"
             assert time.monotonic() < deadline
             time.sleep(0.01)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signum)
         proc.wait()
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 143 and "the same lth stability command" in proc.stderr.read().decode()
+        meta = progress_meta(run)
     assert not run.stability.exists() and 0 < meta["states"]["1"]["steps_done"] < 24
     assert cli.main(cmd[3:]) == 0
     assert rows(run) == rows(measured)[:1] and not run.stability_resume.exists()

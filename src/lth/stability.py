@@ -34,7 +34,8 @@ from lth.models import build_model
 from lth.rundir import RunDir, RunDirError, atomic_write, claimed
 from lth.seeds import derive_seed, study_seeds
 from lth.study import resolve_device, rewind_weights
-from lth.train import Member, RoundState, steps_per_epoch, train_rounds
+from lth.signals import stop_on_signals
+from lth.train import Member, RoundState, Stopped, steps_per_epoch, train_rounds
 
 STABLE = 0.02  # Frankle et al. 2020: stable when the instability is at most 2% test error
 COLUMNS = ("round", "rewind", "rewind_step", "remaining_pct", "pair", "copies", "points", "instability", "stable", "error_a", "error_b", "path")
@@ -99,7 +100,8 @@ class Progress:
 
 
 def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence[int], round_index: int, length: int,
-                 splits: Splits, together: bool, progress: Progress) -> tuple[list[StateDict], list[float]]:
+                 splits: Splits, together: bool, progress: Progress,
+                 stop: Callable[[], bool] = lambda: False) -> tuple[list[StateDict], list[float]]:
     """Each copy's final weights and their test error after `length` iterations from `start` (a fresh Adam, data order
     from its seed); copies still to train go together (stacked) or one by one, from `progress`."""
     cfg = replace(config.train, steps=length)
@@ -117,8 +119,8 @@ def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence
                 if i == group[-1]:  # all of a stacked group have reported: save them as one position
                     progress.save()
 
-            members.append(Member(model, masks, seeds[i], progress.states.get(i), on_eval))
-        for i, outcome in zip(group, train_rounds(members, splits, cfg, round_index)):
+            members.append(Member(model, masks, seeds[i], progress.states.get(i), on_eval, on_stop=on_eval))  # a stop saves as an evaluation does
+        for i, outcome in zip(group, train_rounds(members, splits, cfg, round_index, stop)):
             progress.finals[i], progress.errors[i] = outcome.final, 1.0 - outcome.test_acc_final
             progress.states.pop(i, None)
         progress.save()
@@ -200,7 +202,7 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
         log(f"lth stability: {skipped} of {len(jobs)} measurements already in {run.stability.name}; kept")
     dev = resolve_device(device or config.device)
     together = dev.type == "cuda" if together is None else together
-    with claimed(run):
+    with claimed(run), stop_on_signals() as stop:  # SIGTERM/SIGINT: the copies' position is saved at the next iteration
         d = config.data
         recorded = run.read_manifest().get("data", {})  # the data the run was trained on, as a resume finds it
         splits = load_splits(data_dir or recorded.get("dir"), device=dev, train_size=d.train_size, val_size=d.val_size,
@@ -217,7 +219,11 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
             except FileNotFoundError as exc:
                 raise RunDirError(f"{exc.filename}: missing; round {r}'s rewind point cannot be read") from None
             progress = Progress(run, {"round": r, "rewind": label, "seeds": seeds, "steps": steps})
-            finals, _ = train_copies(config, masks, start, seeds, r, steps, splits, together, progress)
+            try:
+                finals, _ = train_copies(config, masks, start, seeds, r, steps, splits, together, progress, stop)
+            except Stopped as stopped:
+                stopped.signum = stop.signum
+                raise
             new = []
             for a, b in combinations(range(copies), 2):
                 path = [round(e, 8) for e in error_path(config, finals[a], finals[b], masks, splits, points)]  # multiples of 1/n, n <= 10,000
