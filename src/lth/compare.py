@@ -354,8 +354,8 @@ def run_comparison(
     # Jobs elsewhere (Ray workers, Slurm nodes) get the study by its absolute path.
     where = str(study) if engine.kind == "local" and executor is None else str(study.resolve())
     result = CompareResult(study)
-    waves = [_select(cells, wave, study, result, log, retry_failed) for wave in (False, True)]
-    if isinstance(engine_executor, executors.SlurmSubmitter):
+    if isinstance(engine_executor, executors.SlurmSubmitter):  # both waves now, the second after the first
+        waves = [_select(cells, wave, study, result, log, retry_failed) for wave in (False, True)]
         try:
             _submit_detached(engine_executor, waves, parallel, where, data, report, study, result, log)
         except ConfigError:
@@ -363,10 +363,8 @@ def run_comparison(
                 shutil.rmtree(study, ignore_errors=True)
             raise
     else:
-        for todo in waves:
-            waiting = [c for c in todo if c.depends_on and study / c.depends_on / f"seed-{c.seed}" in result.busy]
-            result.busy += [c.out for c in waiting]  # their ticket is being trained elsewhere: left for later
-            todo = [c for c in todo if c not in waiting]
+        for wave in (False, True):  # chosen after the first has run: a ticket held elsewhere leaves its copies waiting
+            todo = _select(cells, wave, study, result, log, retry_failed)
             pending = []
             for batch in parallel_batches(todo, parallel):
                 for cell in batch:

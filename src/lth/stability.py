@@ -33,7 +33,7 @@ from lth.masks import Masks
 from lth.models import build_model
 from lth.rundir import RunDir, RunDirError, atomic_write, claimed
 from lth.seeds import derive_seed, study_seeds
-from lth.study import resolve_device, rewind_weights
+from lth.study import check_same_data, recorded_data_dir, resolve_device, rewind_weights
 from lth.signals import stop_on_signals
 from lth.train import Member, RoundState, Stopped, steps_per_epoch, train_rounds
 
@@ -204,12 +204,10 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
     together = dev.type == "cuda" if together is None else together
     with claimed(run), stop_on_signals() as stop:  # SIGTERM/SIGINT: the copies' position is saved at the next iteration
         d = config.data
-        recorded = run.read_manifest().get("data", {})  # the data the run was trained on, as a resume finds it
-        splits = load_splits(data_dir or recorded.get("dir"), device=dev, train_size=d.train_size, val_size=d.val_size,
+        splits = load_splits(recorded_data_dir(run, data_dir), device=dev, train_size=d.train_size, val_size=d.val_size,
                              test_size=d.test_size) if todo else None
-        if splits is not None and recorded.get("fingerprint") not in (None, splits.fingerprint):
-            raise RunDirError(f"{run.root} was trained on other data (fingerprint {recorded['fingerprint']}, {splits.source} has "
-                              f"{splits.fingerprint}); pass --data-dir with the data it used")
+        if splits is not None:  # the data the run was trained on, as a resume finds it
+            check_same_data(run, splits)
         starts = replay_round0(config, run, splits, [k for _, _, k, _ in todo]) if sweep and todo else {}
         seeds = [copy_seed(config.seed, i) for i in range(copies)]
         for r, label, k, steps in todo:

@@ -81,12 +81,26 @@ def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
         config = cfgmod.apply_overrides(config, {"device": device})
     if lr is not None:
         config = cfgmod.apply_overrides(config, {"train.lr": str(lr)})
+    return run_study(config, out=run.root, data_dir=recorded_data_dir(run, data_dir), resume=True, progress=progress)
+
+
+def recorded_data_dir(run: RunDir, data_dir: str | os.PathLike | None) -> str | os.PathLike | None:
+    """Where a stored run's data is: `data_dir` if given, else the folder its manifest recorded
+    (refused if it is gone), else None for the usual lookup (a run from before the record)."""
     recorded = run.read_manifest().get("data", {}).get("dir")
-    if data_dir is None and recorded:
-        if not Path(recorded).is_dir():
-            raise RunDirError(f"{run.root} was trained on the data in {recorded}, which is gone; pass --data-dir with a copy of it")
-        data_dir = recorded
-    return run_study(config, out=run.root, data_dir=data_dir, resume=True, progress=progress)
+    if data_dir is not None or not recorded:
+        return data_dir
+    if not Path(recorded).is_dir():
+        raise RunDirError(f"{run.root} was trained on the data in {recorded}, which is gone; pass --data-dir with a copy of it")
+    return recorded
+
+
+def check_same_data(run: RunDir, splits: Splits) -> None:
+    """A stored run goes on only with the data it was trained on (the fingerprint it recorded)."""
+    recorded = run.read_manifest().get("data", {})
+    if recorded.get("fingerprint") not in (None, splits.fingerprint):
+        raise RunDirError(f"{run.root} was trained on other data ({recorded['dir']}, fingerprint {recorded['fingerprint']}; "
+                          f"{splits.source} has {splits.fingerprint}); pass --data-dir with the data it used")
 
 
 def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None,
@@ -247,16 +261,17 @@ class Study:
         model = build_model(config.model, seeds["init_seed"])
         names, rates = pruning_plan(config, model)
         matched = _matched_counts(config, names, run)
-        data = {"dir": str(splits.source), "fingerprint": splits.fingerprint}
         if not run.config.exists():
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
-                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names, "data": data, "execution": execution or {},
+                                "device": str(splits.train_x.device), "seeds": seeds, "prunable": names,
+                                "data": {"dir": str(splits.source), "fingerprint": splits.fingerprint}, "execution": execution or {},
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         else:
             if problems := run.damage():
                 raise RunDirError(f"{problems[0]}; restore it or start the run again (lth verify {run.root} lists every problem)")
-            _check_continuation(run, config, data)
+            check_same_data(run, splits)
+            _record_lr_change(run, config)
         if not run.init.exists():
             run.save(run.init, model.state_dict())
         init = run.load(run.init)
@@ -337,16 +352,12 @@ class Study:
         return row
 
 
-def _check_continuation(run: RunDir, config: Config, data: dict[str, str]) -> None:
-    """A stored run continues only on the data it started on; a changed learning rate (the one
-    change `prepare` lets a resume make) is stored, with where it took effect."""
-    manifest = run.read_manifest()
-    recorded = manifest.get("data", {})
-    if recorded.get("fingerprint") and recorded["fingerprint"] != data["fingerprint"]:
-        raise RunDirError(f"{run.root} was trained on other data ({recorded['dir']}, fingerprint {recorded['fingerprint']}; "
-                          f"{data['dir']} has {data['fingerprint']}); pass --data-dir with the data it used")
+def _record_lr_change(run: RunDir, config: Config) -> None:
+    """A changed learning rate (the one change `prepare` lets a resume make) is stored, with
+    where it took effect."""
     old = run.read_config()
     if old.train.lr != config.train.lr:
+        manifest = run.read_manifest()
         saved = run.load_resume()
         where = {"round": len(run.read_rounds()), "step": saved[2]["steps_done"] if saved else 0}
         manifest["history"] = [*manifest.get("history", []), {**where, "train.lr": [old.train.lr, config.train.lr],
