@@ -52,7 +52,7 @@ def test_stacked_gradients_are_each_studys_own(splits):
     stacked = StackedEngine([copy.deepcopy(m) for m in solo], [full_masks(m, prunable_names(m)) for m in solo], cfg, CPU)
     idx = torch.stack([torch.arange(20), torch.arange(20, 40)])
     x, y = splits.train_x[idx], splits.train_y[idx]
-    losses = torch.func.vmap(F.cross_entropy)(stacked.forward(stacked.params, to_float(x)), y)
+    losses = torch.func.vmap(F.cross_entropy)(stacked.forward((stacked.params, stacked.buffers), to_float(x)), y)
     losses.sum().backward()
     for k, model in enumerate(solo):
         loss = F.cross_entropy(model(to_float(x[k])), y[k])

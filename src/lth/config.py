@@ -17,16 +17,18 @@ from typing import Any
 
 import tomli_w
 
-REWIND_POINTS = ("init", "epoch:K", "best", "final", "reinit")
+REWIND_POINTS = ("init", "epoch:K", "iter:K", "lr", "best", "final", "reinit")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "eager", "graph")
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("adam", "sgd")
+AUGMENTATIONS = ("none", "crop-flip")
 LAYER_TYPES = ("conv", "dense", "output")
 SCOPES = ("global", "layer")
 # The names the registries below this module answer to (lth.models.MODELS, lth.pruning.CRITERIA,
 # lth.energy.TRACKERS; a test keeps them equal), so that a config is validated here, once,
 # without importing them.
-MODELS = ("seed-cnn", "conv2", "conv4", "conv6")
+MODELS = ("seed-cnn", "conv2", "conv4", "conv6", "resnet20", "vgg16")
 CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase")
 TRACKERS = ("codecarbon", "carbontracker", "off")
 
@@ -44,9 +46,23 @@ class DataConfig:
     test_size: int | None = None
 
 
+def iterations(length: str, steps_per_epoch: int) -> int:
+    """A length with its unit ("80ep", "500it"; a bare number counts iterations) in iterations."""
+    text = length.strip()
+    if text.endswith("ep"):
+        return int(text[:-2]) * steps_per_epoch
+    return int(text[:-2] if text.endswith("it") else text)
+
+
+def _is_length(text: str) -> bool:
+    body = text.strip().removesuffix("ep").removesuffix("it") if text.strip()[-2:] in ("ep", "it") else text.strip()
+    return body.isdigit()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One round of training, DESIGN §1: Keras' Adam defaults except the learning rate."""
+    """One round of training. The defaults are the seed's (DESIGN §1: Keras' Adam defaults except
+    the learning rate, constant); the `resnet20`/`vgg16` presets set open_lth's SGD recipe."""
 
     initial_epochs: int = 26
     epochs: int = 25
@@ -57,6 +73,16 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7
+    optimizer: str = "adam"  # or "sgd" (beta1/beta2/eps are Adam's; momentum/nesterov SGD's)
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0  # L2 added to the gradient (PyTorch's SGD/Adam `weight_decay`, open_lth's)
+    # The learning-rate schedule, a pure function of the iteration (lth.schedule): linear warm-up
+    # over `warmup`, then ×gamma at each milestone ("80ep,120ep": open_lth's style; or "32000it").
+    milestones: str = ""
+    gamma: float = 0.1
+    warmup: str = "0it"
+    augment: str = "none"  # or "crop-flip": random 32×32 crop of the 4-pixel zero-padded image, then a coin-flip mirror
     eval_batch_size: int = 500
     tf32: bool = True  # TF32 on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere+
     # How iterations execute, not what they compute (outside the hash, like `device`):
@@ -119,8 +145,20 @@ class Config:
 
     @property
     def rewind_epoch(self) -> int | None:
-        """K of `rewind = "epoch:K"` (late rewinding), else None."""
+        """K of `rewind = "epoch:K"` (late rewinding of the weights), else None."""
         return int(self.rewind[6:]) if self.rewind.startswith("epoch:") else None
+
+    @property
+    def rewind_step(self) -> int | None:
+        """K of `rewind = "iter:K"`: weights, optimizer state and schedule rewound to iteration K of
+        round 0; each later round trains from K to its end."""
+        return int(self.rewind[5:]) if self.rewind.startswith("iter:") else None
+
+    @property
+    def fine_tunes(self) -> bool:
+        """`best`/`final` continue from the previous round's weights at the schedule's last
+        learning rate (fine-tuning); `lr` keeps the final weights and replays the whole schedule."""
+        return self.rewind in ("best", "final")
 
 
 def validate(config: Config) -> None:
@@ -142,8 +180,9 @@ def validate(config: Config) -> None:
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
     need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
+    point, _, k_text = config.rewind.partition(":")
     need(
-        config.rewind in REWIND_POINTS or (config.rewind.startswith("epoch:") and config.rewind[6:].isdigit() and int(config.rewind[6:]) >= 1),
+        (config.rewind in REWIND_POINTS and ":" not in config.rewind) or (point in ("epoch", "iter") and k_text.isdigit() and 1 <= int(k_text) <= 10**9),
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
     need(t.steps is None or 1 <= t.steps <= 10**9, f"train.steps: must be between 1 and 10^9 (or omitted to count epochs), got {t.steps}")
@@ -151,6 +190,26 @@ def validate(config: Config) -> None:
         per_epoch = -(-(d.train_size or 45000) // t.batch_size)
         last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
         need(k * per_epoch <= t.round_length(0, per_epoch), f"rewind: epoch:{k} is after round 0's last {last}")
+    if (k := config.rewind_step) is not None:  # inside round 0, and before the end of every later round
+        per_epoch = -(-(d.train_size or 45000) // t.batch_size)
+        need(k <= t.round_length(0, per_epoch), f"rewind: iter:{k} is after round 0's last iteration ({t.round_length(0, per_epoch)})")
+        need(p.rounds == 0 or k < t.round_length(1, per_epoch),
+             f"rewind: iter:{k} leaves nothing to retrain: later rounds are {t.round_length(1, per_epoch)} iterations long; choose a smaller K")
+    need(t.optimizer in OPTIMIZERS, f"train.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    need(0 <= t.momentum < 1, f"train.momentum: must be in [0, 1), got {t.momentum}")
+    need(not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov: needs train.optimizer = \"sgd\" and train.momentum > 0")
+    need(t.momentum == 0 or t.optimizer == "sgd", f"train.momentum: SGD's; Adam's are train.beta1/beta2 (optimizer is {t.optimizer!r})")
+    need(0 <= t.weight_decay < 1, f"train.weight_decay: must be in [0, 1), got {t.weight_decay}")
+    need(0 < t.gamma <= 1, f"train.gamma: the factor at each milestone, in (0, 1], got {t.gamma}")
+    milestones = [m for m in t.milestones.split(",") if m.strip()]
+    need(len(milestones) <= 100 and all(_is_length(m) for m in milestones),
+         f"train.milestones: comma-separated lengths such as \"80ep,120ep\" or \"32000it\" (at most 100), got {t.milestones!r}")
+    need(_is_length(t.warmup), f"train.warmup: a length such as \"5ep\", \"500it\" or \"0it\", got {t.warmup!r}")
+    if milestones:
+        at = [iterations(m, 1000) for m in milestones], [iterations(m, 1) for m in milestones]  # increasing in any epoch length
+        need(all(a < b for seq in at for a, b in zip(seq, seq[1:])) and all(x >= 1 for x in at[0]),
+             f"train.milestones: must be >= 1 and increasing in one unit, got {t.milestones!r}")
+    need(t.augment in AUGMENTATIONS, f"train.augment: expected one of {', '.join(AUGMENTATIONS)}, got {t.augment!r}")
     need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
     need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
     need(t.precision in PRECISIONS, f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
@@ -182,6 +241,18 @@ def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds:
                                     rates={"conv": conv_rate, "dense": 0.2, "output": 0.1}))
 
 
+def _open_lth(model: str, quick: bool = False) -> Config:
+    """open_lth's CIFAR ResNet-20 / VGG-16 hparams (`quick`: the same recipe scaled down)."""
+    recipe = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, gamma=0.1, augment="crop-flip", eval_batch_size=1000)
+    if not quick:
+        train = TrainConfig(initial_epochs=160, epochs=160, batch_size=128, milestones="80ep,120ep", **recipe)
+        return Config(name=model, model=model, train=train, prune=PruneConfig(criterion="magnitude", fraction=0.2, rounds=15))
+    size = 2000 if model == "resnet20" else 500
+    train = TrainConfig(initial_epochs=8, epochs=8, batch_size=64 if model == "resnet20" else 50, milestones="4ep,6ep", warmup="1ep", **recipe)
+    return Config(name=f"{model}-quick", model=model, data=DataConfig(train_size=size, val_size=500, test_size=1000),
+                  train=train, prune=PruneConfig(criterion="magnitude", fraction=0.2, rounds=2))
+
+
 PRESETS: dict[str, Config] = {
     # The seed study: 26 epochs dense, then 15 rounds × 25 epochs of high-movement pruning.
     "seed": Config(name="seed"),
@@ -197,6 +268,15 @@ PRESETS: dict[str, Config] = {
     "fc-conv2": _frankle_carbin("conv2", 2e-4, 20_000, 0.10, rounds=18),  # 1.9% remaining
     "fc-conv4": _frankle_carbin("conv4", 3e-4, 25_000, 0.10, rounds=21),  # 2.0%
     "fc-conv6": _frankle_carbin("conv6", 3e-4, 30_000, 0.15, rounds=21),  # 2.1%
+    # open_lth's CIFAR defaults (cifar_resnet_20, cifar_vgg_16): SGD 0.1, momentum 0.9, weight decay
+    # 1e-4, batch 128, 160 epochs with ×0.1 at 80 and 120, crop + flip, 20% global magnitude pruning
+    # per round (the output layer is never pruned), rewind to θ0.
+    "resnet20": _open_lth("resnet20"),
+    "vgg16": _open_lth("vgg16"),
+    # Their recipe on a CPU's budget (a demonstration of the mechanics in minutes, not a result):
+    # 2,000 / 500 training images, the schedule scaled to the shorter rounds.
+    "resnet20-quick": _open_lth("resnet20", quick=True),
+    "vgg16-quick": _open_lth("vgg16", quick=True),
 }
 
 
@@ -226,9 +306,15 @@ def computed(config: Config) -> dict[str, Any]:
     """What decides a study's results: all but where and how it executes (device, engine,
     memory layout) and the energy recording. Its hash names the default run directory."""
     payload = to_dict(replace(config, device="auto", energy=EnergyConfig(), train=replace(config.train, engine="auto", channels_last=False)))
-    if config.train.precision == "fp32":  # what every run did before the option existed: hashes stay
-        del payload["train"]["precision"]
+    for key, default in LATER_TRAIN_KEYS.items():  # at their defaults, what every run did before they existed: hashes stay
+        if payload["train"][key] == default:
+            del payload["train"][key]
     return payload
+
+
+# Train keys added after runs existed, with the default that means what those runs did.
+LATER_TRAIN_KEYS = {"precision": "fp32", "optimizer": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
+                    "milestones": "", "gamma": 0.1, "warmup": "0it", "augment": "none"}
 
 
 def config_hash(config: Config) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 try:  # numpy >= 2
@@ -280,6 +281,22 @@ def load_splits(data_dir: str | os.PathLike[str] | None = None, device: torch.de
 
     return Splits(*head(tr_x, tr_y, train_size, "train_size"), *head(va_x, va_y, val_size, "val_size"),
                   *head(test_x, test_y, test_size, "test_size"), source=batches_dir.resolve(), fingerprint=fingerprint(batches_dir.resolve()))
+
+
+def crop_flip(images_uint8: torch.Tensor, params: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random-crop (zero padding `pad`) and mirror a batch on its own device, as one gather: image
+    i of `images_uint8` [..., C, H, W] becomes the H×W window at (row, column) offsets params[i, :2]
+    of its padded copy, read right to left when params[i, 2] is 1 (`lth.seeds.epoch_augmentation`
+    draws them). Integer indexing only, so it is exact and the same on every device."""
+    *lead, channels, height, width = images_uint8.shape
+    x = F.pad(images_uint8.reshape(-1, channels, height, width), (pad, pad, pad, pad))
+    p = params.reshape(-1, 3).to(images_uint8.device)
+    rows = p[:, :1] + torch.arange(height, device=x.device)
+    ahead = torch.arange(width, device=x.device)
+    cols = p[:, 1:2] + torch.where(p[:, 2:].bool(), width - 1 - ahead, ahead)
+    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous().reshape(*lead, channels, height, width)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """How one training iteration runs (`train.train_rounds` is the loop above it): one study's module
-(`ModuleEngine`), K studies stacked under `torch.func.vmap` (`StackedEngine`; Adam is elementwise,
-so one Adam over stacked tensors is K Adams), either replayed as a CUDA graph (`GraphedStep`).
-Every path runs the same `body`, so none can drift from the eager one (bit-for-bit on CPU)."""
+(`ModuleEngine`), K studies stacked under `torch.func.vmap` (`StackedEngine`; Adam and SGD are
+elementwise, so one optimizer over stacked tensors is K optimizers), either replayed as a CUDA graph
+(`GraphedStep`). Every path runs the same `body`, so none can drift from the eager one (bit-for-bit
+on CPU). Batch norm's running statistics are, in the stacked engine, stacked tensors the engine
+owns and passes into every call as functional state (vmap cannot update a module's own buffers)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth.config import ConfigError, TrainConfig
-from lth.data import to_float
+from lth.data import crop_flip, to_float
 from lth.masks import MaskApplier
 
 StateDict = dict[str, torch.Tensor]
@@ -43,11 +45,19 @@ def numerics(tf32: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
-def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> torch.optim.Adam:
-    """Adam with Keras' epsilon, fresh every round: foreach kernels on CPU, fused on CUDA
-    (capturable when the step is graphed: its step counter then lives on the GPU)."""
-    flags: dict[str, bool] = {"fused": True, "capturable": capturable} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **flags)
+def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False,
+                   tensor_lr: bool = False) -> torch.optim.Optimizer:
+    """The round's optimizer, fresh every round: Adam with Keras' epsilon, or SGD with momentum;
+    foreach kernels on CPU, fused on CUDA (Adam capturable when the step is graphed: its step
+    counter then lives on the GPU). `tensor_lr`: the learning rate is a device tensor, so a
+    graphed step can follow a schedule (it is refilled between replays, never re-captured)."""
+    lr: float | torch.Tensor = torch.tensor(cfg.lr, device=device) if tensor_lr else cfg.lr
+    cuda = device.type == "cuda"
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+                               **({"fused": True} if cuda else {"foreach": True}))
+    flags: dict[str, bool] = {"fused": True, "capturable": capturable} if cuda else {"foreach": True}
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, **flags)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
@@ -56,6 +66,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
     learning rate, which a resume after a divergence may have changed."""
     groups = [{**saved, "lr": mine["lr"], **{flag: mine[flag] for flag in OPTIMIZER_FLAGS if flag in mine}}
               for saved, mine in zip(state["param_groups"], optimizer.param_groups)]
+    if any(("betas" in saved) != ("betas" in mine) for saved, mine in zip(groups, optimizer.param_groups)):
+        raise ValueError("the saved optimizer state is another optimizer's (train.optimizer differs)")
     optimizer.load_state_dict({"state": state["state"], "param_groups": groups})
 
 
@@ -91,12 +103,20 @@ class _Engine:
         self.k = k
         # bf16 autocast of the forward and loss (`train.precision`); weights, Adam and masks stay fp32.
         self.autocast = partial(torch.autocast, device.type, torch.bfloat16, cfg.precision == "bf16", cache_enabled=False)
-        self.optimizer = make_optimizer(params, cfg, device, capturable)
+        self.optimizer = make_optimizer(params, cfg, device, capturable, tensor_lr=capturable and device.type == "cuda")
+        self.lr = cfg.lr
         self.loss_sum = torch.zeros(k, device=device, dtype=torch.float64)
         self.correct = torch.zeros(k, device=device, dtype=torch.int64)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the coming iterations (in place when it is a graph's tensor)."""
+        if lr != self.lr:
+            self.lr = lr
+            for group in self.optimizer.param_groups:
+                group["lr"].fill_(lr) if isinstance(group["lr"], torch.Tensor) else group.__setitem__("lr", lr)
 
     def _finish(self, total: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """The end of every iteration: backward, Adam, re-mask, then the metric sums."""
@@ -111,10 +131,11 @@ class _Engine:
         """Study k's Adam state, in the format a single study's Adam saves."""
         full = self.optimizer.state_dict()
         state = {
-            pid: {key: host_copy(v[k] if self.stacked and key != "step" else v) for key, v in entry.items()}
+            pid: {key: host_copy(v[k] if self.stacked and key != "step" else v) for key, v in entry.items() if v is not None}
             for pid, entry in full["state"].items()
         }
-        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+        groups = [{key: float(v) if isinstance(v, torch.Tensor) else v for key, v in g.items()} for g in full["param_groups"]]
+        return {"state": state, "param_groups": copy.deepcopy(groups)}
 
 
 class ModuleEngine(_Engine):
@@ -168,21 +189,22 @@ class StackedEngine(_Engine):
 
     def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
         first = models[0]
-        if any(True for _ in first.buffers()):
-            raise ValueError("training studies together needs a model without buffers (no batch norm)")
         if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
             raise ValueError("studies trained together must use the same model")
         if len({frozenset(m) for m in masks}) != 1:
             raise ValueError("studies trained together must prune the same tensors")
         members = [dict(m.named_parameters()) for m in models]
         self.params = {name: torch.stack([p[name].detach().to(device) for p in members]).requires_grad_() for name in members[0]}
+        # Batch norm's running statistics: the engine's own stacked state, updated by each call.
+        self.buffers = {name: torch.stack([dict(m.named_buffers())[name].to(device) for m in models]) for name, _ in first.named_buffers()}
+        self.names = list(first.state_dict())  # state() in the module's own order
         self.masked = [self.params[name] for name in masks[0]]
         self.factors = [torch.stack([m[name] for m in masks]).to(device=device, dtype=self.params[name].dtype) for name in masks[0]]
-        self.template = copy.deepcopy(first).to("meta")
+        self.template = copy.deepcopy(first).to("meta").train()
         super().__init__(len(models), self.params.values(), cfg, device, capturable)
-        call = partial(torch.func.functional_call, self.template)  # (params, x) -> logits
-        self.forward = torch.func.vmap(call, in_dims=(0, 0))
-        self.forward_shared = torch.func.vmap(call, in_dims=(0, None))  # one split, K models
+        call = partial(torch.func.functional_call, self.template)  # ((params, buffers), x) -> logits
+        self.forward = torch.func.vmap(call, in_dims=((0, 0), 0))
+        self.forward_shared = torch.func.vmap(call, in_dims=((0, 0), None))  # one split, K models
         self.remask()
 
     @torch.no_grad()
@@ -191,23 +213,24 @@ class StackedEngine(_Engine):
             torch._foreach_mul_(self.masked, self.factors)
 
     def state(self, k: int) -> StateDict:
-        return {name: host_copy(v[k]) for name, v in self.params.items()}
+        tensors = {**self.params, **self.buffers}
+        return {name: host_copy(tensors[name][k]) for name in self.names}
 
     def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One iteration on a [K, B] batch; summing the studies' mean losses gives each its own gradient."""
         with self.autocast():
-            logits = self.forward(self.params, to_float(images))
+            logits = self.forward((self.params, self.buffers), to_float(images))
             losses = torch.func.vmap(F.cross_entropy)(logits, labels)
         self._finish(losses.sum(), losses, logits, labels)
 
     @torch.no_grad()
     def load_weights(self, states: Sequence[Mapping[str, torch.Tensor]]) -> None:
-        for name, param in self.params.items():
-            param.copy_(torch.stack([s[name] for s in states]))
+        for name, tensor in {**self.params, **self.buffers}.items():
+            tensor.copy_(torch.stack([s[name] for s in states]))
         self.remask()
 
     def load_optimizer(self, states: Sequence[Mapping[str, Any]]) -> None:
-        if len({float(s["state"][pid]["step"]) for s in states for pid in s["state"]}) > 1:
+        if len({float(s["state"][pid]["step"]) for s in states for pid in s["state"] if "step" in s["state"][pid]}) > 1:
             raise ValueError("studies trained together must resume from the same iteration")
         stacked = {pid: {key: v if key == "step" else torch.stack([s["state"][pid][key] for s in states]) for key, v in entry.items()}
                    for pid, entry in states[0]["state"].items()}
@@ -217,12 +240,14 @@ class StackedEngine(_Engine):
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> list[tuple[float, float]]:
         loss_sum = torch.zeros(self.k, device=images.device, dtype=torch.float64)
         correct = torch.zeros(self.k, device=images.device, dtype=torch.int64)
+        self.template.eval()  # batch norm from the running statistics
         for start in range(0, images.shape[0], batch_size):
             y = labels[start : start + batch_size]
             with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
-                logits = self.forward_shared(self.params, to_float(images[start : start + batch_size]))
+                logits = self.forward_shared((self.params, self.buffers), to_float(images[start : start + batch_size]))
                 loss_sum += torch.func.vmap(lambda out: F.cross_entropy(out, y, reduction="sum"))(logits).double()
             correct += (logits.argmax(-1) == y).sum(1)
+        self.template.train()
         n = images.shape[0]
         return [(s / n, c / n) for s, c in zip(loss_sum.tolist(), correct.tolist())]
 
@@ -235,10 +260,15 @@ class StackedEngine(_Engine):
 Engine = ModuleEngine | StackedEngine
 
 
-def eager_step(engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, idx: torch.Tensor) -> None:
+def batch(train_x: torch.Tensor, idx: torch.Tensor, augment: torch.Tensor | None) -> torch.Tensor:
+    """The images of `idx`, cropped and mirrored by `augment` ([K, B, 3]) when it is given."""
+    return train_x[idx] if augment is None else crop_flip(train_x[idx], augment)
+
+
+def eager_step(engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, idx: torch.Tensor, augment: torch.Tensor | None = None) -> None:
     """One iteration on the batches `idx` ([K, B] indices into the training set)."""
     engine.zero_grad()
-    engine.body(train_x[idx], train_y[idx])
+    engine.body(batch(train_x, idx, augment), train_y[idx])
 
 
 class GraphedStep:
@@ -249,25 +279,27 @@ class GraphedStep:
     WARMUP = 3
     failure: str | None = None  # why a capture failed in this process: later rounds do not try again
 
-    def __init__(self, engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, batch_size: int, fallback: bool = True) -> None:
+    def __init__(self, engine: Engine, train_x: torch.Tensor, train_y: torch.Tensor, batch_size: int, fallback: bool = True,
+                 augment: bool = False) -> None:
         self.engine, self.train_x, self.train_y, self.fallback = engine, train_x, train_y, fallback
         self.idx = torch.zeros((engine.k, batch_size), dtype=torch.long, device=train_x.device)
+        self.augment = torch.zeros((engine.k, batch_size, 3), dtype=torch.long, device=train_x.device) if augment else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
 
-    def __call__(self, idx: torch.Tensor) -> None:
+    def __call__(self, idx: torch.Tensor, augment: torch.Tensor | None = None) -> None:
         if idx.shape != self.idx.shape or (self.fallback and GraphedStep.failure is not None):
-            return eager_step(self.engine, self.train_x, self.train_y, idx)
+            return eager_step(self.engine, self.train_x, self.train_y, idx, augment)
         if self.graph is None and self.warm < self.WARMUP:
             self.warm += 1
             with side_stream():
-                return eager_step(self.engine, self.train_x, self.train_y, idx)
+                return eager_step(self.engine, self.train_x, self.train_y, idx, augment)
         if self.graph is None:
             # Unset gradients: the captured backward allocates them from the graph's pool, so
             # every replay overwrites (never accumulates) them.
             self.engine.zero_grad()
             try:
-                self.graph = capture(lambda: self.engine.body(self.train_x[self.idx], self.train_y[self.idx]))
+                self.graph = capture(lambda: self.engine.body(batch(self.train_x, self.idx, self.augment), self.train_y[self.idx]))
             except Exception as exc:  # a driver, kernel or allocator that cannot be captured: "auto" trains eagerly
                 if not self.fallback:
                     raise
@@ -275,8 +307,10 @@ class GraphedStep:
                 print(f"lth: warning: CUDA graph capture failed ({GraphedStep.failure}); training eagerly from here on "
                       "(train.engine = \"eager\" skips the attempt)", file=sys.stderr)
                 self.engine.zero_grad()
-                return eager_step(self.engine, self.train_x, self.train_y, idx)
+                return eager_step(self.engine, self.train_x, self.train_y, idx, augment)
         self.idx.copy_(idx)
+        if self.augment is not None and augment is not None:
+            self.augment.copy_(augment)
         self.graph.replay()
 
 

@@ -2,7 +2,9 @@
 
 Each model draws θ0 the way its reference did: `seed-cnn` reproduces the seed study's Keras
 defaults ('valid' padding, Glorot-uniform kernels, zero biases); `conv2`/`conv4`/`conv6` are
-Frankle & Carbin's (ICLR 2019) Conv-2/4/6 ('same' padding, Glorot-normal kernels, zero biases).
+Frankle & Carbin's (ICLR 2019) Conv-2/4/6 ('same' padding, Glorot-normal kernels, zero biases);
+`resnet20` and `vgg16` are open_lth's CIFAR ResNet-20 and VGG-16 (batch norm; Kaiming-normal
+kernels, batch-norm scales uniform in [0, 1), as open_lth's defaults draw them).
 
 Prunable tensors are chosen by module type (every conv and dense kernel except the output layer),
 never by parameter name, so renaming a layer cannot silently change what a criterion sees.
@@ -10,11 +12,13 @@ never by parameter name, so renaming a layer cannot silently change what a crite
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -58,6 +62,83 @@ class SeedCNN(ConvNet):
         super().__init__((64, 128), num_classes, padding=0)
 
 
+class BasicBlock(nn.Module):
+    """Two 3×3 conv + batch-norm layers and a shortcut: identity, or a strided 1×1 conv + batch
+    norm where the block halves the side and widens (open_lth's, the original CIFAR ResNet's "B")."""
+
+    def __init__(self, f_in: int, f_out: int, downsample: bool) -> None:
+        super().__init__()
+        stride = 2 if downsample else 1
+        self.conv1 = nn.Conv2d(f_in, f_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(f_out)
+        self.conv2 = nn.Conv2d(f_out, f_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(f_out)
+        self.shortcut = nn.Sequential()
+        if downsample or f_in != f_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(f_in, f_out, 1, stride=stride, bias=False), nn.BatchNorm2d(f_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR ResNet-(6n+2): a 3×3 conv, three stages of n basic blocks at `width`,
+    2×, 4× channels (the 2nd and 3rd start by halving the side), global average pool, `fc`."""
+
+    def __init__(self, n: int = 3, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        blocks, channels = [], width
+        for stage, filters in enumerate((width, 2 * width, 4 * width)):
+            for index in range(n):
+                blocks.append(BasicBlock(channels, filters, downsample=stage > 0 and index == 0))
+                channels = filters
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.blocks(F.relu(self.bn(self.conv(x))))
+        return self.fc(out.mean((2, 3)))
+
+
+VGG16_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+
+
+class ConvBN(nn.Module):
+    """3×3 conv (with bias, as open_lth's VGG) → batch norm → ReLU."""
+
+    def __init__(self, f_in: int, f_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(f_in, f_out, 3, padding=1)
+        self.bn = nn.BatchNorm2d(f_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class CifarVGG(nn.Module):
+    """open_lth's CIFAR VGG: conv-BN-ReLU modules and 2×2 max-pools as `plan` lists them, a 2×2
+    average pool (2×2 → 1×1), and one linear output layer `fc`."""
+
+    def __init__(self, plan: tuple[int | str, ...] = VGG16_PLAN, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for spec in plan:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers.append(ConvBN(channels, int(spec)))
+                channels = int(spec)
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.avg_pool2d(self.layers(x), 2).flatten(1))
+
+
 def _init_kernels_(kernel_init: Callable[..., torch.Tensor], model: nn.Module,
                    generator: torch.Generator | None = None) -> None:
     """`kernel_init` on every Conv2d/Linear kernel, zeros on their biases."""
@@ -68,6 +149,21 @@ def _init_kernels_(kernel_init: Callable[..., torch.Tensor], model: nn.Module,
                 nn.init.zeros_(module.bias)
 
 
+def open_lth_init_(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """open_lth's defaults (`kaiming_normal`, batch norm `uniform`): Kaiming-normal kernels (fan
+    in, ReLU gain), PyTorch's own uniform(±1/sqrt(fan_in)) biases, batch-norm scales uniform in
+    [0, 1) and shifts 0; all drawn from `generator`, so θ0 is a function of the seed alone."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, generator=generator)
+            if module.bias is not None:
+                bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(module.weight)[0])
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.0, 1.0, generator=generator)
+            nn.init.zeros_(module.bias)
+
+
 # Keras' Conv2D/Dense default. PyTorch's conv fans (channels × receptive field) equal Keras', so
 # `xavier_uniform_` draws from the same distribution.
 keras_init_ = partial(_init_kernels_, nn.init.xavier_uniform_)
@@ -76,6 +172,7 @@ INITIALISERS: dict[str, Callable[..., None]] = {
     "glorot_uniform": keras_init_,
     # Frankle & Carbin: std sqrt(2 / (fan_in + fan_out)), untruncated.
     "glorot_normal": partial(_init_kernels_, nn.init.xavier_normal_),
+    "open_lth": open_lth_init_,
 }
 
 
@@ -92,6 +189,8 @@ MODELS: dict[str, ModelSpec] = {
     "conv2": ModelSpec(partial(ConvNet, (64,)), "glorot_normal"),
     "conv4": ModelSpec(partial(ConvNet, (64, 128)), "glorot_normal"),
     "conv6": ModelSpec(partial(ConvNet, (64, 128, 256)), "glorot_normal"),
+    "resnet20": ModelSpec(CifarResNet, "open_lth"),
+    "vgg16": ModelSpec(CifarVGG, "open_lth"),
 }
 
 

@@ -87,7 +87,8 @@ class RunDir:
     rounds = property(lambda self: self.root / "rounds.csv")
     checkpoints = property(lambda self: self.root / "checkpoints")
     init = property(lambda self: self.checkpoints / "init.safetensors")
-    rewind_point = property(lambda self: self.checkpoints / "rewind.safetensors")  # `rewind = "epoch:K"`
+    rewind_point = property(lambda self: self.checkpoints / "rewind.safetensors")  # `rewind = "epoch:K"` or "iter:K": the weights
+    rewind_optimizer = property(lambda self: self.checkpoints / "rewind_optimizer.safetensors")  # "iter:K": the optimizer state at K
     resume_state = property(lambda self: self.checkpoints / "resume" / "state.safetensors")
     checksums = property(lambda self: self.root / "checksums.sha256")  # `sha256sum -c` format: every file but the log and resume state
     stability = property(lambda self: self.root / "stability.csv")  # `lth stability`: one row per round, pair and rewind point
@@ -226,6 +227,24 @@ class RunDir:
         except Exception as exc:  # safetensors raises its own types for torn or foreign files
             raise RunDirError(f"{path}: not a readable checkpoint ({type(exc).__name__}); restore it or start the run again") from None
 
+    def save_optimizer(self, path: Path, state: Mapping[str, Any], step: int) -> None:
+        """An optimizer's state at iteration `step`: tensors `opt/<param index>/<key>`, the param
+        groups and the step in the header (the schedule's state is the step itself)."""
+        keys = {str(pid): sorted(entry) for pid, entry in state["state"].items()}
+        tensors = {f"opt/{pid}/{key}": v for pid, entry in state["state"].items() for key, v in entry.items()}
+        header = {"step": step, "param_groups": state["param_groups"], "state": keys}
+        self.save(path, tensors, metadata={"lth_optimizer": json.dumps(header)})
+
+    def load_optimizer(self, path: Path) -> tuple[dict[str, Any], int]:
+        """(optimizer state, step) as `save_optimizer` stored them, checked like every checkpoint."""
+        tensors = self.load(path)
+        try:
+            header = json.loads(_safetensors_metadata(path.read_bytes())["lth_optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise RunDirError(f"{path}: not an lth optimizer state ({type(exc).__name__}); restore it or start the run again") from None
+        state = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in keys} for pid, keys in header["state"].items()}
+        return {"state": state, "param_groups": header["param_groups"]}, int(header["step"])
+
     # ------------------------------------------------------------ writing
     def save(self, path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save
@@ -303,6 +322,12 @@ class RunDir:
 
 
 # ---------------------------------------------------------------- claiming a directory
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (8-byte little-endian header length, JSON header)."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]).get("__metadata__") or {}
 
 
 def prepare(run: RunDir, config: cfgmod.Config, resume: bool, force: bool) -> None:

@@ -35,3 +35,13 @@ def prune_seed(seed: int, round_index: int) -> int:
 def reinit_seed(seed: int, round_index: int) -> int:
     """θ of the random re-initialisation control in round `round_index`."""
     return derive_seed(seed, "reinit", round_index)
+
+
+def epoch_augmentation(n: int, data_seed: int, round_index: int, epoch: int, pad: int = 4) -> torch.Tensor:
+    """One epoch's random crop and flip, on the CPU: [n, 3] int64 rows (row offset, column offset,
+    mirror), one per position in the epoch's order (`lth.data.crop_flip` applies them). Drawn
+    apart from the order, so augmenting a study never changes which images it sees when."""
+    generator = torch.Generator().manual_seed(derive_seed(data_seed, "augment", round_index, epoch))
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    mirror = torch.randint(0, 2, (n, 1), generator=generator)
+    return torch.cat([offsets, mirror], dim=1)

@@ -136,7 +136,7 @@ def replay_round0(config: Config, run: RunDir, splits: Splits, steps: Sequence[i
         model.load_state_dict(init)
         wanted = set(steps)
 
-        def snapshots(step: int, weights: Callable[[], StateDict]) -> None:
+        def snapshots(step: int, weights: Callable[[], StateDict], *_: Any) -> None:
             if step in wanted:
                 out[step] = weights()
 

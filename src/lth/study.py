@@ -30,6 +30,7 @@ from lth.models import build_model, layer_types
 from lth.progress import Progress
 from lth.pruning import CRITERIA, next_masks, prune_counts
 from lth.rundir import RunDir, RunDirError, claimed, prepare
+from lth.schedule import is_constant
 from lth.seeds import prune_seed, reinit_seed, study_seeds
 from lth.signals import StopRequest, stop_on_signals
 from lth.train import Diverged, Member, RoundOutcome, RoundState, Stopped, steps_per_epoch, train_rounds
@@ -58,8 +59,17 @@ def resolve_device(name: str) -> torch.device:
 
 def compatible(a: Config, b: Config) -> str | None:
     """Why two studies cannot train together, or None: they must share the model, the data
-    slice, the schedule and the device (seeds, criteria and rewind points may differ)."""
-    return next((f"they differ in {what}" for what in ("model", "data", "train", "device") if getattr(a, what) != getattr(b, what)), None)
+    slice, the schedule and the device (seeds, criteria and rewind points may differ, except
+    that fine-tuning trains at another learning rate than a schedule replayed from its start)."""
+    if (reason := next((f"they differ in {what}" for what in ("model", "data", "train", "device") if getattr(a, what) != getattr(b, what)), None)):
+        return reason
+    return "one fine-tunes (rewind best/final) at the schedule's last learning rate, the other replays the schedule" if fine_tunes(a) != fine_tunes(b) else None
+
+
+def fine_tunes(config: Config) -> bool:
+    """Whether the study's retraining rounds run at the schedule's last learning rate (it matters
+    only when the learning rate changes during a round)."""
+    return config.fine_tunes and not is_constant(config.train)
 
 
 def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -208,11 +218,23 @@ def rewind_weights(config: Config, r: int, run: RunDir, init: dict[str, torch.Te
     """Where round `r`'s survivors restart (before masking). Round 0 always starts at θ0."""
     if r == 0 or config.rewind == "init":
         return init
-    if config.rewind_epoch is not None:
+    if config.rewind_epoch is not None or config.rewind_step is not None:
         return run.load(run.rewind_point)
     if config.rewind == "reinit":
         return build_model(config.model, reinit_seed(config.seed, r)).state_dict()
-    return run.load(run.checkpoint(r - 1, config.rewind))  # "best" or "final": fine-tuning
+    # "best"/"final": fine-tuning; "lr": learning-rate rewinding (the final weights, the schedule from its start)
+    return run.load(run.checkpoint(r - 1, "final" if config.rewind == "lr" else config.rewind))
+
+
+def rewound_position(config: Config, run: RunDir, model: torch.nn.Module, masks: Masks) -> RoundState:
+    """`rewind = "iter:K"`: where a retraining round starts, iteration K of round 0 with its weights
+    and optimizer state (momentum, Adam's moments), the pruned entries of both zeroed."""
+    weights = {n: t * masks[n].to(t) if n in masks else t for n, t in run.load(run.rewind_point).items()}
+    optimizer, step = run.load_optimizer(run.rewind_optimizer)
+    names = [n for n, _ in model.named_parameters()]
+    state = {pid: {key: v * masks[names[pid]].to(v) if names[pid] in masks and v.shape == masks[names[pid]].shape else v
+                   for key, v in entry.items()} for pid, entry in optimizer["state"].items()}
+    return RoundState(step, weights, {"state": state, "param_groups": optimizer["param_groups"]}, dict(weights), step, float("inf"), 0.0, [])
 
 
 def _matched_counts(config: Config, names: list[str], run: RunDir) -> list[dict[str, int]] | None:
@@ -305,6 +327,9 @@ class Study:
         resume = RoundState.from_file(saved[1], saved[2]) if saved and saved[0] == r else None
         if saved and resume is None:
             run.resume_state.unlink()
+        interrupted = resume is not None
+        if resume is None and r > 0 and config.rewind_step is not None:
+            resume = rewound_position(config, run, self.model, masks)  # the round starts at iteration K
         earlier = [m for m in run.read_metrics() if m.get("round", -1) < r]
         run.write_metrics(earlier + (resume.history if resume else []))
 
@@ -322,20 +347,22 @@ class Study:
                 run.append_metrics(state.history[-1:]) if per_eval_save else run.write_metrics(earlier + state.history)
 
         snapshots = None
-        if r == 0 and config.rewind_epoch is not None and not run.rewind_point.exists():
-            at = config.rewind_epoch * per_epoch
+        if r == 0 and (config.rewind_epoch is not None or config.rewind_step is not None) and not run.rewind_point.exists():
+            at = config.rewind_step if config.rewind_step is not None else config.rewind_epoch * per_epoch
 
-            def snapshots(step: int, weights: Callable[[], dict[str, torch.Tensor]]) -> None:
+            def snapshots(step: int, weights: Callable[[], dict[str, torch.Tensor]], optimizer: Callable[[], dict[str, Any]]) -> None:
                 if step == at:
+                    if config.rewind_step is not None:  # first: the weights' file is what says the point is stored
+                        run.save_optimizer(run.rewind_optimizer, optimizer(), step)
                     run.save(run.rewind_point, weights())
 
         def on_stop(state: RoundState) -> None:
             run.save_resume(r, *state.to_file())
             run.write_metrics(earlier + state.history)
 
-        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots)
+        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, fine_tunes(config))
         elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
-        return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter())
+        return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter(), interrupted)
 
     def commit(self, plan: _RoundPlan, outcome: RoundOutcome, energy: EnergyReading) -> dict[str, Any]:
         """Store the round's weights, then its rounds.csv row: the round is done."""
@@ -345,7 +372,7 @@ class Study:
         if manifest.get("execution", {}).get("engine", outcome.engine) != outcome.engine:  # the engine actually used
             self.run.write_manifest({**manifest, "execution": {**manifest["execution"], "engine": outcome.engine}})
         row = {**_round_row(plan, outcome, time.perf_counter() - plan.started), **energy.as_row()}
-        if plan.member.resume is not None and energy.kwh is not None:
+        if plan.interrupted and energy.kwh is not None:
             row["energy_method"] += "; resumed round: the interrupted part is not counted"
         self.rows.append(row)
         self.run.write_rounds(self.rows)
@@ -380,6 +407,7 @@ class _RoundPlan:
     total_steps: int
     elapsed_before: float  # seconds an interrupted attempt already spent on this round
     started: float
+    interrupted: bool = False  # continues a saved position (not counted: a start at iter:K)
 
 
 def _round_row(plan: _RoundPlan, outcome: RoundOutcome, seconds: float) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""One round of training (DESIGN §1) for K ≥ 1 studies: Adam, per-step re-masking, validation every
-epoch (or N iterations), best (lowest validation loss, earlier on ties) and final weights. No I/O:
-each evaluation hands a `RoundState` to `on_eval`, to resume from; the data order is a pure
-function of the data seed and the epoch (`lth.seeds`), so a resumed round sees the same order."""
+"""One round of training (DESIGN §1) for K ≥ 1 studies: the optimizer and its learning-rate
+schedule, per-step re-masking, validation every epoch (or N iterations), best (lowest validation
+loss, earlier on ties) and final weights. No I/O: each evaluation hands a `RoundState` to
+`on_eval`, to resume from; the data order and augmentation are pure functions of the data seed and
+the epoch (`lth.seeds`), and the learning rate of the iteration (`lth.schedule`), so a round
+resumed, or started at iteration K, sees exactly what an uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from torch import nn
 from lth.config import TrainConfig
 from lth.data import Splits
 from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, StateDict, eager_step, numerics, use_graphs
-from lth.seeds import epoch_order
+from lth.schedule import round_schedule
+from lth.seeds import epoch_augmentation, epoch_order
 
 
 @dataclass
@@ -114,8 +117,10 @@ class Member:
     resume: RoundState | None = None
     on_eval: Callable[[RoundState], None] | None = None
     on_stop: Callable[[RoundState], None] | None = None  # saves a position between evaluations
-    # After every iteration: (step, a function returning the weights); cheap when it has nothing to do.
-    snapshots: Callable[[int, Callable[[], StateDict]], None] | None = None
+    # After every iteration: (step, a function returning the weights, one returning the optimizer
+    # state); cheap when it has nothing to do.
+    snapshots: Callable[[int, Callable[[], StateDict], Callable[[], dict[str, Any]]], None] | None = None
+    fine_tune: bool = False  # train at the schedule's last learning rate (rewind `best`/`final`)
 
 
 def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, round_index: int,
@@ -127,6 +132,8 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
     resumed = [m.resume for m in members]
     if len({r.steps_done if r else 0 for r in resumed}) > 1 or (any(resumed) and not all(resumed)):
         raise ValueError("studies trained together must resume from the same iteration")
+    if len({m.fine_tune for m in members}) > 1:
+        raise ValueError("studies trained together must share one learning-rate schedule (fine-tuning or not)")
     graphed = use_graphs(cfg.engine, device)
     with numerics(cfg.tf32, device):
         if len(members) == 1:
@@ -140,7 +147,8 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
         else:
             states = [RoundState(0, {}, {}, engine.state(i), 0, float("inf"), 0.0, []) for i in range(len(members))]
         if graphed:
-            step: Callable[[torch.Tensor], None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size, fallback=cfg.engine == "auto")
+            step: Callable[..., None] = GraphedStep(engine, splits.train_x, splits.train_y, cfg.batch_size, fallback=cfg.engine == "auto",
+                                                    augment=cfg.augment != "none")
         else:
             step = partial(eager_step, engine, splits.train_x, splits.train_y)
         outcomes = _loop(members, engine, step, states, splits, cfg, round_index, stop)
@@ -151,11 +159,13 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
     return outcomes
 
 
-def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tensor], None], states: list[RoundState], splits: Splits,
+def _loop(members: Sequence[Member], engine: Engine, step: Callable[..., None], states: list[RoundState], splits: Splits,
           cfg: TrainConfig, round_index: int, stop: Callable[[], bool]) -> list[RoundOutcome]:
     n = splits.train_x.shape[0]
     per_epoch = steps_per_epoch(n, cfg.batch_size)
     total = cfg.round_length(round_index, per_epoch)
+    learning_rate = round_schedule(cfg, per_epoch, total, members[0].fine_tune)
+    augment, augments = cfg.augment != "none", None
     every = cfg.eval_interval(per_epoch)
     check_every = 1 if splits.train_x.device.type == "cpu" else FINITE_CHECK_EVERY_CUDA
     order_epoch, orders = -1, torch.empty(0)
@@ -172,15 +182,19 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[[torch.Tenso
             # [K, n]: each study's permutation for this epoch, made on the host and copied once
             order_epoch = epoch_index
             orders = torch.stack([epoch_order(n, m.data_seed, round_index, epoch_index + 1) for m in members]).to(splits.train_x.device)
-        idx = orders[:, offset * cfg.batch_size : (offset + 1) * cfg.batch_size]
-        step(idx)
+            if augment:
+                augments = torch.stack([epoch_augmentation(n, m.data_seed, round_index, epoch_index + 1) for m in members]).to(splits.train_x.device)
+        window = slice(offset * cfg.batch_size, (offset + 1) * cfg.batch_size)
+        idx = orders[:, window]
+        engine.set_lr(learning_rate(index))
+        step(idx, augments[:, window] if augments is not None else None)
         seen += idx.shape[1]
         done = index + 1
         if done % check_every == 0 and not (finite := torch.isfinite(engine.loss_sum)).all():
             raise diverged(int((~finite).nonzero()[0]), done, f"the training loss is {engine.loss_sum[~finite][0].item()}")
         for i, member in enumerate(members):
             if member.snapshots is not None:
-                member.snapshots(done, partial(engine.state, i))
+                member.snapshots(done, partial(engine.state, i), partial(engine.optimizer_state, i))
         if done % every == 0 or done == total:
             evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
             loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()

@@ -21,7 +21,8 @@ def run_problems(run: RunDir) -> list[str]:
         problems = run.damage()
     except (ConfigError, RunDirError) as exc:
         return [str(exc)]
-    needed = [run.init] + ([run.rewind_point] if config.rewind_epoch is not None and rows else [])
+    needed = [run.init] + ([run.rewind_point] if (config.rewind_epoch or config.rewind_step) is not None and rows else [])
+    needed += [run.rewind_optimizer] if config.rewind_step is not None and rows else []
     needed += [run.checkpoint(r, kind) for r in range(len(rows)) for kind in ("mask", "best", "final")]
     problems += [f"{path}: missing" for path in needed if not path.is_file()]
     if problems:
