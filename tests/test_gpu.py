@@ -69,3 +69,49 @@ def test_graphed_study_runs_end_to_end(data_root, tmp_path):
     config = cfgmod.apply_overrides(cfgmod.preset("quick"), {"device": "cuda", "train.engine": "graph", "energy.tracker": "off", "prune.rounds": "1"})
     result = run_study(config, out=tmp_path / "run", data_dir=data_root, progress=False)
     assert len(result.rounds) == 2
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_graphed_resnet20_with_schedule_and_augmentation_matches_eager(k, data_root):
+    """open_lth's recipe under a graph: fused SGD with a tensor learning rate refilled between
+    replays (warm-up and a milestone inside the 30 iterations), crop + flip from static buffers,
+    batch norm's running statistics updated in the graph (stacked: as the engine's own state)."""
+    from lth.schedule import learning_rate
+    from lth.seeds import epoch_augmentation
+
+    device = torch.device("cuda")
+    splits = load_splits(data_root, device, train_size=3000, val_size=100, test_size=100)
+    cfg = cfgmod.apply_overrides(cfgmod.preset("resnet20"), {"train.tf32": "false", "train.warmup": "5it", "train.milestones": "20it"}).train
+    models = [build_model("resnet20", s) for s in range(k)]
+    masks = [full_masks(m, prunable_names(m)) for m in models]
+    make = (lambda cap: ModuleEngine(copy.deepcopy(models[0]), masks[0], cfg, device, capturable=cap)) if k == 1 else \
+        (lambda cap: StackedEngine([copy.deepcopy(m) for m in models], masks, cfg, device, capturable=cap))
+    eager, graphed = make(False), make(True)
+    step = GraphedStep(graphed, splits.train_x, splits.train_y, cfg.batch_size, augment=True)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(STEPS):
+        idx = torch.randint(0, 3000, (k, cfg.batch_size), generator=gen).to(device)
+        aug = torch.stack([epoch_augmentation(cfg.batch_size, s, 0, i) for s in range(k)]).to(device)
+        for engine in (eager, graphed):
+            engine.set_lr(learning_rate(cfg, i, 100))
+        eager_step(eager, splits.train_x, splits.train_y, idx, aug)
+        step(idx, aug)
+    assert step.graph is not None
+    torch.cuda.synchronize()
+    assert torch.allclose(eager.loss_sum.cpu(), graphed.loss_sum.cpu(), rtol=1e-3)
+    for j in range(k):
+        we, wg = eager.state(j), graphed.state(j)
+        for name in we:
+            if we[name].is_floating_point():
+                assert (we[name] - wg[name]).norm() <= 1e-2 * we[name].norm() + 1e-5, name
+            else:
+                assert torch.equal(we[name], wg[name]), name
+
+
+def test_graphed_resnet20_quick_study_runs_end_to_end(data_root, tmp_path):
+    from lth.study import run_study
+
+    config = cfgmod.apply_overrides(cfgmod.preset("resnet20-quick"), {"device": "cuda", "train.engine": "graph", "energy.tracker": "off",
+                                                                       "prune.rounds": "1", "rewind": "iter:40"})
+    result = run_study(config, out=tmp_path / "run", data_dir=data_root, progress=False)
+    assert len(result.rounds) == 2 and result.rounds[1]["best_step"] > 40
