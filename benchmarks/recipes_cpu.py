@@ -8,9 +8,11 @@ medians and ratios to the plain loop are printed with the machine.
   defaults, `MultiStepLR` stepped every iteration, one `mul_` per masked layer after each step.
 - plain eager, batched augmentation: the same loop with lth's one-gather crop + flip of the batch,
   to show how much of the difference is the augmentation.
-- lth engine: `train_rounds` as a study runs it (the engine chosen on a CPU: eager ModuleEngine,
-  foreach SGD, uint8 → float per batch, seeded crop + flip per epoch, the schedule, re-mask after
-  every step, one validation pass over 100 images and best-weight bookkeeping per repeat).
+- lth engine: an iteration as `train_rounds` runs it on a CPU (eager ModuleEngine, foreach SGD,
+  uint8 → float per batch, the epoch's seeded crop + flip as one gather, the schedule's learning
+  rate set every iteration, re-mask after every step), in both memory layouts (`lth.layout`
+  picks one per machine). Evaluations are left out of every contender: in a study they are one
+  forward pass over 5,000 images per 45,000 trained, the same for any loop.
 - lth, 2 studies stacked (ResNet-20): the vmapped engine behind `--parallel 2`, batch norm as
   functional state; images/s summed over both studies.
 
@@ -20,7 +22,6 @@ medians and ratios to the plain loop are printed with the machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 import statistics
 import time
@@ -33,9 +34,11 @@ from lth.data import crop_flip, load_splits, to_float
 from lth.layout import cpu_name
 from lth.masks import full_masks
 from lth.models import build_model, prunable_names
-from lth.seeds import epoch_augmentation
-from lth.train import Member, train_rounds
+from lth.engine import ModuleEngine, StackedEngine, eager_step
+from lth.schedule import learning_rate
+from lth.seeds import epoch_augmentation, epoch_order
 
+CPU = torch.device("cpu")
 STEPS = {"resnet20": 12, "vgg16": 3}  # iterations of batch 128 per repeat (VGG-16 is ~12× the compute)
 
 
@@ -78,10 +81,17 @@ def plain_eager(name: str, x: torch.Tensor, y: torch.Tensor, cfg: cfgmod.TrainCo
 
 
 def lth_engine(name: str, splits, cfg: cfgmod.TrainConfig, k: int) -> float:
+    """Seconds for one epoch of `train_rounds`' iterations (order, augmentation, schedule, step)."""
     models = [build_model(name, s) for s in range(k)]
-    members = [Member(m, half_masks(m), data_seed=10 + i) for i, m in enumerate(models)]
+    masks = [half_masks(m) for m in models]
+    engine = ModuleEngine(models[0], masks[0], cfg, CPU) if k == 1 else StackedEngine(models, masks, cfg, CPU)
+    n, b = len(splits.train_x), cfg.batch_size
     started = time.perf_counter()
-    train_rounds(members, splits, cfg, 0)
+    orders = torch.stack([epoch_order(n, 10 + i, 0, 1) for i in range(k)])
+    augments = torch.stack([epoch_augmentation(n, 10 + i, 0, 1) for i in range(k)])
+    for step, start in enumerate(range(0, n, b)):
+        engine.set_lr(learning_rate(cfg, step, n // b))
+        eager_step(engine, splits.train_x, splits.train_y, orders[:, start : start + b], augments[:, start : start + b])
     return time.perf_counter() - started
 
 
@@ -97,12 +107,13 @@ def main() -> None:
         base = cfgmod.preset(name)
         images = steps * base.train.batch_size
         splits = load_splits(args.data_dir, train_size=images, val_size=100, test_size=100)
-        cfg = cfgmod.apply_overrides(base, {"train.steps": str(steps), "train.eval_every": str(steps), "train.eval_batch_size": "100",
-                                            "train.channels_last": "false"}).train
+        cfg = cfgmod.apply_overrides(base, {"train.channels_last": "false"}).train
+        cl = cfgmod.apply_overrides(base, {"train.channels_last": "true"}).train
         contenders = {
             "plain eager (per-image augmentation)": lambda: plain_eager(name, splits.train_x, splits.train_y, cfg, False),
             "plain eager (batched augmentation)": lambda: plain_eager(name, splits.train_x, splits.train_y, cfg, True),
-            "lth engine": lambda: lth_engine(name, splits, cfg, 1),
+            "lth engine (NCHW)": lambda: lth_engine(name, splits, cfg, 1),
+            "lth engine (channels-last)": lambda: lth_engine(name, splits, cl, 1),
         }
         if name == "resnet20":
             contenders["lth, 2 studies stacked"] = lambda: lth_engine(name, splits, cfg, 2) / 2

@@ -237,6 +237,10 @@ def test_learning_rate_rewinding_keeps_the_final_weights_and_replays_the_schedul
     assert all(torch.equal(starts[1][k], expected[k]) for k in expected)  # round 1 started from round 0's final weights
     assert read_rounds_csv(run.rounds)[1]["rewind"] == "lr"
     assert torch.equal(rewind_weights(config, 1, run, load_tensors(run.init))["conv.weight"], final0["conv.weight"])
+    # Linear mode connectivity from the round's own start (final weights, the schedule replayed) works on it.
+    measured = subprocess.run(lth_cmd("stability", str(run.root), "--rounds", "1", "--points", "3"), capture_output=True, text=True)
+    assert measured.returncode == 0, measured.stderr
+    assert "round 1 (80.0% remaining) from lr: instability" in measured.stdout
 
 
 def test_fine_tuning_runs_at_the_schedules_last_rate_and_is_not_stacked_with_a_replay():
@@ -266,6 +270,9 @@ def test_rewinding_to_iteration_k_restores_weights_optimizer_and_schedule(data_r
     assert all(torch.count_nonzero(final1[n][~m.bool()]) == 0 for n, m in mask1.items())
     assert load_tensors(run.rewind_point).keys() == load_tensors(run.init).keys()
     assert subprocess.run(lth_cmd("verify", str(run.root)), capture_output=True).returncode == 0
+    # lth stability cannot yet start copies with an optimizer state: it says so instead of measuring something else.
+    refused = subprocess.run(lth_cmd("stability", str(run.root), "--rounds", "1"), capture_output=True, text=True)
+    assert refused.returncode == 2 and "not supported" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- end to end

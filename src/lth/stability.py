@@ -33,7 +33,8 @@ from lth.masks import Masks
 from lth.models import build_model
 from lth.rundir import RunDir, RunDirError, atomic_write, claimed
 from lth.seeds import derive_seed, study_seeds
-from lth.study import check_same_data, recorded_data_dir, resolve_device, rewind_weights
+from lth.schedule import is_constant
+from lth.study import check_same_data, fine_tunes, recorded_data_dir, resolve_device, rewind_weights
 from lth.signals import stop_on_signals
 from lth.train import Member, RoundState, Stopped, steps_per_epoch, train_rounds
 
@@ -52,8 +53,16 @@ def instability(path: Sequence[float]) -> float:
 
 
 def interpolate(a: StateDict, b: StateDict, alpha: float, masks: Masks) -> StateDict:
-    """(1 − α)·a + α·b, exactly a at α = 0 and b at α = 1, with pruned weights at zero."""
-    return {k: torch.lerp(a[k], b[k], alpha) * masks[k].to(a[k]) if k in masks else torch.lerp(a[k], b[k], alpha) for k in a}
+    """(1 − α)·a + α·b, exactly a at α = 0 and b at α = 1, with pruned weights at zero. Batch norm's
+    running statistics are interpolated like the weights; its batch counter (an integer, unused
+    when evaluating) is a's up to the midpoint and b's after it."""
+
+    def point(k: str) -> torch.Tensor:
+        if not a[k].is_floating_point():
+            return a[k] if alpha <= 0.5 else b[k]
+        return torch.lerp(a[k], b[k], alpha) * masks[k].to(a[k]) if k in masks else torch.lerp(a[k], b[k], alpha)
+
+    return {k: point(k) for k in a}
 
 
 def error_path(config: Config, a: StateDict, b: StateDict, masks: Masks, splits: Splits, points: int) -> list[float]:
@@ -119,7 +128,8 @@ def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence
                 if i == group[-1]:  # all of a stacked group have reported: save them as one position
                     progress.save()
 
-            members.append(Member(model, masks, seeds[i], progress.states.get(i), on_eval, on_stop=on_eval))  # a stop saves as an evaluation does
+            members.append(Member(model, masks, seeds[i], progress.states.get(i), on_eval, on_stop=on_eval,  # a stop saves as an evaluation does
+                                  fine_tune=fine_tunes(config) and round_index > 0))
         for i, outcome in zip(group, train_rounds(members, splits, cfg, round_index, stop)):
             progress.finals[i], progress.errors[i] = outcome.final, 1.0 - outcome.test_acc_final
             progress.states.pop(i, None)
@@ -183,6 +193,12 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
         raise RunDirError(f"{run.root}: round {bad[0]} is not committed (rounds done: {len(committed)}); finish the run or choose another --rounds")
     if missing := [run.mask(r) for r in rounds if not run.mask(r).is_file()]:
         raise RunDirError(f"{missing[0]}: missing; the run directory is incomplete or damaged")
+    if config.rewind_step is not None or (sweep and (not is_constant(config.train) or config.train.optimizer != "adam")):
+        # Copies from iteration k start a fresh Adam at the schedule's step 0; a study rewound with
+        # its optimizer state, or trained on a schedule or with momentum, would need both at k.
+        raise ConfigError(f"lth stability: {'rewind ' + config.rewind if config.rewind_step is not None else '--rewind-sweep'} is not supported "
+                          "for studies with a learning-rate schedule, SGD or optimizer-state rewinding yet; measure from the rounds' own "
+                          "rewind points of an init/epoch:K/lr/best/final/reinit study")
     per_epoch = steps_per_epoch(config.data.train_size or 45000, config.train.batch_size)
     length = {r: config.train.round_length(r, per_epoch) for r in rounds}
     if sweep:  # (round, label, iteration of round 0 it starts from, iterations to train)
