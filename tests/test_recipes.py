@@ -243,7 +243,16 @@ def test_learning_rate_rewinding_keeps_the_final_weights_and_replays_the_schedul
     assert "round 1 (80.0% remaining) from lr: instability" in measured.stdout
 
 
-def test_fine_tuning_runs_at_the_schedules_last_rate_and_is_not_stacked_with_a_replay():
+def test_fine_tuning_runs_at_the_schedules_last_rate_and_is_not_stacked_with_a_replay(data_root, tmp_path, monkeypatch):
+    import lth.engine
+
+    seen: list[float] = []
+    original = lth.engine._Engine.set_lr
+    monkeypatch.setattr(lth.engine._Engine, "set_lr", lambda self, lr: (seen.append(lr), original(self, lr))[1])
+    run_study(small(rewind="final", **{"prune.rounds": "1"}), out=tmp_path / "ft", data_dir=data_root, progress=False)
+    schedule = [learning_rate(small().train, step, 4) for step in range(16)]
+    assert seen[:16] == schedule  # round 0 trains the dense network on the whole schedule
+    assert seen[16:] == [schedule[-1]] * 16  # round 1 fine-tunes at its last rate throughout
     a, b = small(rewind="final"), small(rewind="lr")
     assert "fine-tunes" in compatible(a, b)
     assert compatible(cfgmod.apply_overrides(cfgmod.preset("quick"), {"rewind": "final"}), cfgmod.preset("quick")) is None  # constant rate: no difference

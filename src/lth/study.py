@@ -360,7 +360,7 @@ class Study:
             run.save_resume(r, *state.to_file())
             run.write_metrics(earlier + state.history)
 
-        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, fine_tunes(config))
+        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, r > 0 and fine_tunes(config))
         elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
         return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter(), interrupted)
 
