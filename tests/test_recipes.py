@@ -142,6 +142,23 @@ def test_presets_carry_open_lths_defaults():
         assert (quick.model, quick.train.optimizer, quick.train.augment) == (name, "sgd", "crop-flip")
 
 
+def test_nesterov_and_weight_decay_reach_the_optimizer(splits):
+    """The recipe's SGD options change the training as they should: Nesterov momentum another
+    trajectory from the same start, a strong weight decay smaller weights."""
+    def final(**overrides: str) -> dict[str, torch.Tensor]:
+        cfg = small(**{"train.steps": "4", "train.eval_every": "4", **overrides}).train
+        return train_rounds([Member(build_model("resnet20", 0), {}, data_seed=1)], splits, cfg, 0)[0].final
+
+    plain, nesterov, decayed = final(), final(**{"train.nesterov": "true"}), final(**{"train.weight_decay": "0.5"})
+    assert all(torch.isfinite(t).all() for t in nesterov.values() if t.is_floating_point())
+    assert not torch.equal(plain["conv.weight"], nesterov["conv.weight"])
+    kernels = prunable_names(build_model("resnet20", 0))
+    assert sum(decayed[n].norm() for n in kernels) < sum(plain[n].norm() for n in kernels)
+    engine = ModuleEngine(build_model("resnet20", 0), {}, small(**{"train.nesterov": "true"}).train, CPU)
+    group = engine.optimizer.param_groups[0]
+    assert type(engine.optimizer).__name__ == "SGD" and (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 1e-4)
+
+
 # ---------------------------------------------------------------- augmentation
 
 
