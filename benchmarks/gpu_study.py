@@ -15,6 +15,11 @@ written in the official batch format (speed does not depend on pixel values; acc
 for synthetic data mean nothing).
 
     python benchmarks/gpu_study.py [--data-dir DIR] [--full-study] [--parallel-study 8]
+
+`--smoke` runs every stage on the CPU at the smallest sizes (a few iterations, 600 training
+images, one-epoch rounds), graphs and streams replaced by the eager engine: a check of the script
+against the code as it is, before a GPU session spends its device time on it. Its numbers mean
+nothing.
 """
 
 from __future__ import annotations
@@ -50,18 +55,23 @@ def write_synthetic_cifar(root: Path) -> Path:
     return root
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn, steps: int) -> float:
     """Steps per second of `fn(i)` over `steps` calls, synchronised at both ends."""
-    torch.cuda.synchronize()
+    synchronize()
     started = time.perf_counter()
     for i in range(steps):
         fn(i)
-    torch.cuda.synchronize()
+    synchronize()
     return steps / (time.perf_counter() - started)
 
 
 def plain_loop_rate(splits, steps: int, batch: int) -> float:
-    model = build_model("seed-cnn", 0).cuda()
+    model = build_model("seed-cnn", 0).to(splits.train_x.device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-7)
     x = splits.train_x.float().div_(255)
     y = splits.train_y
@@ -82,6 +92,7 @@ def plain_loop_rate(splits, steps: int, batch: int) -> float:
 def engine_rate(splits, cfg, k: int, graphed: bool, steps: int, streams: bool = False) -> float:
     """Iterations/s of K studies advanced together (each iteration trains all K)."""
     device = splits.train_x.device
+    graphed = graphed and device.type == "cuda"  # --smoke: the eager engine stands in
     models = [build_model("seed-cnn", s) for s in range(k)]
     masks = [full_masks(m, prunable_names(m)) for m in models]
     n = splits.train_x.shape[0]
@@ -126,27 +137,36 @@ def main() -> None:
     parser.add_argument("--full-study", action="store_true", help="also run the whole seed preset (energy off)")
     parser.add_argument("--parallel-study", type=int, default=0, metavar="K", help="also run K seed studies together")
     parser.add_argument("--tf32", choices=("true", "false"), default="true")
+    parser.add_argument("--smoke", action="store_true", help="every stage on the CPU at the smallest sizes: checks the script, measures nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_study.py: no CUDA device here; run it on a GPU machine (CPU numbers: benchmarks/cpu_throughput.py)")
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("gpu_study.py: no CUDA device here; run it on a GPU machine (CPU numbers: benchmarks/cpu_throughput.py; "
+                 "--smoke checks the script on a CPU)")
+    if args.smoke:
+        args.steps, args.ks = 3, "1,2"
 
     scratch = Path(tempfile.mkdtemp(prefix="lth-gpu-study-"))
     data_dir = Path(args.data_dir) if args.data_dir and find_batches_dir(Path(args.data_dir)) else None
     data_note = f"real CIFAR-10 from {data_dir}" if data_dir else "synthetic uint8 data of CIFAR-10's shape (timing only)"
     if data_dir is None:
         data_dir = write_synthetic_cifar(scratch / "data")
-    device = torch.device("cuda")
-    splits = load_splits(data_dir, device)
-    config = cfgmod.apply_overrides(cfgmod.preset("seed"), {"train.tf32": args.tf32, "energy.tracker": "off"})
-    cfg = config.train
-    props = torch.cuda.get_device_properties(0)
-    print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}, CUDA {torch.version.cuda}; tf32 {args.tf32}")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    smallest = {"data.train_size": "600", "data.val_size": "100", "data.test_size": "100", "train.initial_epochs": "1",
+                "train.epochs": "1", "prune.rounds": "1", "device": "cpu"} if args.smoke else {}
+    config = cfgmod.apply_overrides(cfgmod.preset("seed"), {"train.tf32": args.tf32, "energy.tracker": "off", **smallest})
+    d, cfg = config.data, config.train
+    splits = load_splits(data_dir, device, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size)
+    if args.smoke:
+        print(f"SMOKE on the CPU, smallest sizes, graphs and streams replaced by the eager engine: these numbers mean nothing; torch {torch.__version__}")
+    else:
+        props = torch.cuda.get_device_properties(0)
+        print(f"device: {props.name}, {props.total_memory / 2**30:.0f} GiB; torch {torch.__version__}, CUDA {torch.version.cuda}; tf32 {args.tf32}")
     print(f"data: {data_note}")
 
     with numerics(cfg.tf32, device):
         plain = plain_loop_rate(splits, min(args.steps, 600), cfg.batch_size)
         eager = engine_rate(splits, cfg, 1, False, min(args.steps, 600))
-        graph = engine_rate(splits, cfg, 1, True, args.steps)
+        graph = engine_rate(splits, cfg, 1, True, args.steps)  # --smoke: eager
         print(f"\n{'seed-cnn, batch 60':<34}{'steps/s':>10}{'ms/step':>10}{'vs plain':>10}")
         for name, rate in (("plain eager PyTorch loop", plain), ("lth engine, eager", eager), ("lth engine, CUDA graph", graph)):
             print(f"{name:<34}{rate:>10.0f}{1000 / rate:>10.3f}{rate / plain:>10.2f}")
@@ -155,8 +175,9 @@ def main() -> None:
         print(f"\n{'K studies':<10}{'stacked study-steps/s':>24}{'speed-up':>10}{'K streams study-steps/s':>26}{'speed-up':>10}")
         base_stacked = base_streams = None
         for k in ks:
-            stacked = k * engine_rate(splits, cfg, k, True, max(args.steps // k, 200))
-            streams = k * engine_rate(splits, cfg, k, True, max(args.steps // k, 200), streams=True)
+            at_least = 1 if args.smoke else 200
+            stacked = k * engine_rate(splits, cfg, k, True, max(args.steps // k, at_least))
+            streams = stacked if args.smoke else k * engine_rate(splits, cfg, k, True, max(args.steps // k, at_least), streams=True)
             base_stacked = base_stacked or stacked / k
             base_streams = base_streams or streams / k
             print(f"{k:<10}{stacked:>24.0f}{stacked / base_stacked:>10.2f}{streams:>26.0f}{streams / base_streams:>10.2f}")
@@ -165,9 +186,9 @@ def main() -> None:
     if not args.no_round:
         model = build_model("seed-cnn", 0)
         member = Member(model, full_masks(model, prunable_names(model)), data_seed=0)
-        torch.cuda.synchronize()
+        synchronize()
         started = time.perf_counter()
-        outcome = train_rounds([member], splits, cfg, round_index=1)
+        (outcome,) = train_rounds([member], splits, cfg, round_index=1)
         round_s = time.perf_counter() - started
         study_epochs = cfg.initial_epochs + config.prune.rounds * cfg.epochs
         print(f"\nmeasured round ({cfg.epochs} epochs × {per_epoch} steps, validation each epoch, test at the end): {round_s:.1f} s "

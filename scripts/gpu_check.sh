@@ -7,12 +7,15 @@
 #   SUITE_SECONDS=0 skips the full suite; GPU_STUDY_ARGS passes flags to gpu_study.py
 #   (e.g. "--full-study --parallel-study 8"); GPU_STUDY_SECONDS limits it (default 300).
 #   scripts/gpu_check.sh "quick:--preset quick" "seed-r0:--preset seed --rounds 0"
+# On a CPU, before a GPU session (checks the script against the code, measures nothing):
+#   DEVICE=cpu SUITE_SECONDS=0 GPU_STUDY_ARGS=--smoke scripts/gpu_check.sh "tiny:--preset quick --rounds 1 --train.epochs 1"
 # Logs and each run's tables go to $OUT (default /tmp/lth-gpu).
 set -u
 out=${OUT:-/tmp/lth-gpu}
 work=$(mktemp -d)
 mkdir -p "$out"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+device=${DEVICE:-cuda}
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
 echo "== GPU engine tests (graphed vs eager, graphed study)"
 start=$SECONDS
@@ -33,9 +36,9 @@ echo "gpu_study: $((SECONDS - start)) s"
 
 for spec in "$@"; do
   name=${spec%%:*}
-  echo "== lth run ${spec#*:} --device cuda"
+  echo "== lth run ${spec#*:} --device $device"
   start=$SECONDS
-  timeout "${RUN_SECONDS:-240}" python3 -m lth run ${spec#*:} --device cuda --out "$work/$name" --no-progress
+  timeout "${RUN_SECONDS:-240}" python3 -m lth run ${spec#*:} --device "$device" --out "$work/$name" --no-progress
   echo "$name: $((SECONDS - start)) s wall (exit $?)"
   python3 -m lth show "$work/$name"
   cp "$work/$name/rounds.csv" "$out/$name-rounds.csv" 2>/dev/null
