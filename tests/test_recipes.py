@@ -107,7 +107,7 @@ def test_warmup_rises_linearly_then_milestones_in_iterations():
 
 @pytest.mark.parametrize("key, value, words", [
     ("train.optimizer", "rmsprop", "train.optimizer"), ("train.momentum", "1.0", "train.momentum"),
-    ("train.milestones", "80ep,40ep", "increasing"), ("train.milestones", "eighty", "train.milestones"),
+    ("train.milestones", "80ep,40ep", "increasing"), ("train.milestones", "eighty", "train.milestones"), ("train.milestones", "5itep", "train.milestones"),
     ("train.warmup", "5 epochs", "train.warmup"), ("train.augment", "cutout", "train.augment"),
     ("train.gamma", "0", "train.gamma"), ("rewind", "iter:0", "rewind"), ("rewind", "iter:99999", "after round 0"),
 ])
@@ -283,8 +283,8 @@ def test_rewinding_to_iteration_k_restores_weights_optimizer_and_schedule(data_r
     monkeypatch.setattr(lth.engine._Engine, "set_lr", lambda self, lr: (seen.append(lr), original(self, lr))[1])
     config = small(rewind="iter:6", **{"prune.rounds": "1"})
     run = RunDir(run_study(config, out=tmp_path / "k", data_dir=data_root, progress=False).run_dir)
-    optimizer, step = run.load_optimizer(run.rewind_optimizer)
-    assert step == 6 and all("momentum_buffer" in entry for entry in optimizer["state"].values())
+    _, meta = run.load_optimizer(run.rewind_optimizer)
+    assert meta["step"] == 6 and all(keys == ["momentum_buffer"] for keys in meta["state"].values())
     # Round 1 trains iterations 6..15: 10 learning rates, the schedule's own from iteration 6 on.
     assert len(seen) == 16 + 10 and seen[16:] == seen[6:16]
     metrics = [m for m in read_metrics(run.metrics) if m["round"] == 1]

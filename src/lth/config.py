@@ -46,17 +46,26 @@ class DataConfig:
     test_size: int | None = None
 
 
+def _length(text: str) -> tuple[int, str]:
+    """(count, unit) of a length such as "80ep" or "500it" (a bare number counts iterations)."""
+    body, unit = (text.strip()[:-2], text.strip()[-2:]) if text.strip()[-2:] in ("ep", "it") else (text.strip(), "it")
+    if not (body.isascii() and body.isdigit()):
+        raise ValueError(f"not a length: {text!r}")
+    return int(body), unit
+
+
 def iterations(length: str, steps_per_epoch: int) -> int:
     """A length with its unit ("80ep", "500it"; a bare number counts iterations) in iterations."""
-    text = length.strip()
-    if text.endswith("ep"):
-        return int(text[:-2]) * steps_per_epoch
-    return int(text[:-2] if text.endswith("it") else text)
+    count, unit = _length(length)
+    return count * steps_per_epoch if unit == "ep" else count
 
 
 def _is_length(text: str) -> bool:
-    body = text.strip().removesuffix("ep").removesuffix("it") if text.strip()[-2:] in ("ep", "it") else text.strip()
-    return body.isdigit()
+    try:
+        _length(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -154,12 +163,6 @@ class Config:
         round 0; each later round trains from K to its end."""
         return int(self.rewind[5:]) if self.rewind.startswith("iter:") else None
 
-    @property
-    def fine_tunes(self) -> bool:
-        """`best`/`final` continue from the previous round's weights at the schedule's last
-        learning rate (fine-tuning); `lr` keeps the final weights and replays the whole schedule."""
-        return self.rewind in ("best", "final")
-
 
 def validate(config: Config) -> None:
     """Reject values that would run but mean nothing, each with one line naming the key."""
@@ -186,12 +189,11 @@ def validate(config: Config) -> None:
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
     need(t.steps is None or 1 <= t.steps <= 10**9, f"train.steps: must be between 1 and 10^9 (or omitted to count epochs), got {t.steps}")
+    per_epoch = -(-(d.train_size or 45000) // t.batch_size)
     if (k := config.rewind_epoch) is not None:  # the late-rewinding point must lie inside round 0
-        per_epoch = -(-(d.train_size or 45000) // t.batch_size)
         last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
         need(k * per_epoch <= t.round_length(0, per_epoch), f"rewind: epoch:{k} is after round 0's last {last}")
     if (k := config.rewind_step) is not None:  # inside round 0, and before the end of every later round
-        per_epoch = -(-(d.train_size or 45000) // t.batch_size)
         need(k <= t.round_length(0, per_epoch), f"rewind: iter:{k} is after round 0's last iteration ({t.round_length(0, per_epoch)})")
         need(p.rounds == 0 or k < t.round_length(1, per_epoch),
              f"rewind: iter:{k} leaves nothing to retrain: later rounds are {t.round_length(1, per_epoch)} iterations long; choose a smaller K")

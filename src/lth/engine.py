@@ -116,7 +116,10 @@ class _Engine:
         if lr != self.lr:
             self.lr = lr
             for group in self.optimizer.param_groups:
-                group["lr"].fill_(lr) if isinstance(group["lr"], torch.Tensor) else group.__setitem__("lr", lr)
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
 
     def _finish(self, total: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """The end of every iteration: backward, Adam, re-mask, then the metric sums."""

@@ -213,6 +213,10 @@ class RunDir:
     def load(self, path: Path) -> dict[str, Any]:
         """Tensors of one checkpoint, as torch tensors, checked against its recorded checksum: a
         damaged file raises RunDirError naming it, and is never trained on."""
+        return self._load(path)[0]
+
+    def _load(self, path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+        """(tensors, header metadata) of one checkpoint, read once and checked as `load` says."""
         from safetensors.torch import load
 
         try:
@@ -223,27 +227,22 @@ class RunDir:
         if recorded is not None and hashlib.sha256(data).hexdigest() not in recorded:
             raise RunDirError(f"{path}: checksum mismatch, the file was changed or damaged; restore it or start the run again")
         try:
-            return load(data)
+            return load(data), _safetensors_metadata(data)
         except Exception as exc:  # safetensors raises its own types for torn or foreign files
             raise RunDirError(f"{path}: not a readable checkpoint ({type(exc).__name__}); restore it or start the run again") from None
 
-    def save_optimizer(self, path: Path, state: Mapping[str, Any], step: int) -> None:
-        """An optimizer's state at iteration `step`: tensors `opt/<param index>/<key>`, the param
-        groups and the step in the header (the schedule's state is the step itself)."""
-        keys = {str(pid): sorted(entry) for pid, entry in state["state"].items()}
-        tensors = {f"opt/{pid}/{key}": v for pid, entry in state["state"].items() for key, v in entry.items()}
-        header = {"step": step, "param_groups": state["param_groups"], "state": keys}
-        self.save(path, tensors, metadata={"lth_optimizer": json.dumps(header)})
+    def save_optimizer(self, path: Path, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """An optimizer state kept with the run (`rewind = "iter:K"`): its tensors and, in the
+        header, what reads them back (`train.optimizer_tensors` makes both)."""
+        self.save(path, tensors, metadata={"lth_optimizer": json.dumps(dict(meta))})
 
-    def load_optimizer(self, path: Path) -> tuple[dict[str, Any], int]:
-        """(optimizer state, step) as `save_optimizer` stored them, checked like every checkpoint."""
-        tensors = self.load(path)
+    def load_optimizer(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(tensors, meta) as `save_optimizer` stored them, checked like every checkpoint."""
+        tensors, metadata = self._load(path)
         try:
-            header = json.loads(_safetensors_metadata(path.read_bytes())["lth_optimizer"])
+            return tensors, json.loads(metadata["lth_optimizer"])
         except (KeyError, ValueError) as exc:
             raise RunDirError(f"{path}: not an lth optimizer state ({type(exc).__name__}); restore it or start the run again") from None
-        state = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in keys} for pid, keys in header["state"].items()}
-        return {"state": state, "param_groups": header["param_groups"]}, int(header["step"])
 
     # ------------------------------------------------------------ writing
     def save(self, path: Path, tensors: Mapping[str, Any], metadata: dict[str, str] | None = None) -> None:

@@ -111,7 +111,7 @@ class Progress:
 def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence[int], round_index: int, length: int,
                  splits: Splits, together: bool, progress: Progress,
                  stop: Callable[[], bool] = lambda: False) -> tuple[list[StateDict], list[float]]:
-    """Each copy's final weights and their test error after `length` iterations from `start` (a fresh Adam, data order
+    """Each copy's final weights and their test error after `length` iterations from `start` (a fresh optimizer, data order
     from its seed); copies still to train go together (stacked) or one by one, from `progress`."""
     cfg = replace(config.train, steps=length)
     pending: dict[int, list[int]] = {}
@@ -129,7 +129,7 @@ def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence
                     progress.save()
 
             members.append(Member(model, masks, seeds[i], progress.states.get(i), on_eval, on_stop=on_eval,  # a stop saves as an evaluation does
-                                  fine_tune=fine_tunes(config) and round_index > 0))
+                                  fine_tune=fine_tunes(config, round_index)))
         for i, outcome in zip(group, train_rounds(members, splits, cfg, round_index, stop)):
             progress.finals[i], progress.errors[i] = outcome.final, 1.0 - outcome.test_acc_final
             progress.states.pop(i, None)

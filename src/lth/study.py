@@ -33,7 +33,8 @@ from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.schedule import is_constant
 from lth.seeds import prune_seed, reinit_seed, study_seeds
 from lth.signals import StopRequest, stop_on_signals
-from lth.train import Diverged, Member, RoundOutcome, RoundState, Stopped, steps_per_epoch, train_rounds
+from lth.train import (Diverged, Member, RoundOutcome, RoundState, Stopped, optimizer_from_tensors, optimizer_tensors, steps_per_epoch,
+                       train_rounds)
 
 # With eval every N iterations, the position is saved at most this often (checkpoint writes must not throttle a GPU).
 RESUME_SAVE_SECONDS = 30.0
@@ -63,13 +64,14 @@ def compatible(a: Config, b: Config) -> str | None:
     that fine-tuning trains at another learning rate than a schedule replayed from its start)."""
     if (reason := next((f"they differ in {what}" for what in ("model", "data", "train", "device") if getattr(a, what) != getattr(b, what)), None)):
         return reason
-    return "one fine-tunes (rewind best/final) at the schedule's last learning rate, the other replays the schedule" if fine_tunes(a) != fine_tunes(b) else None
+    return "one fine-tunes (rewind best/final) at the schedule's last learning rate, the other replays the schedule" if fine_tunes(a, 1) != fine_tunes(b, 1) else None
 
 
-def fine_tunes(config: Config) -> bool:
-    """Whether the study's retraining rounds run at the schedule's last learning rate (it matters
-    only when the learning rate changes during a round)."""
-    return config.fine_tunes and not is_constant(config.train)
+def fine_tunes(config: Config, r: int) -> bool:
+    """Whether round `r` trains at the schedule's last learning rate: the retraining rounds of
+    `rewind = "best"/"final"` (fine-tuning; `lr` replays the whole schedule, as round 0 always
+    does). It matters only when the learning rate changes during a round."""
+    return r > 0 and config.rewind in ("best", "final") and not is_constant(config.train)
 
 
 def run_study(config: Config, out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -230,7 +232,8 @@ def rewound_position(config: Config, run: RunDir, model: torch.nn.Module, masks:
     """`rewind = "iter:K"`: where a retraining round starts, iteration K of round 0 with its weights
     and optimizer state (momentum, Adam's moments), the pruned entries of both zeroed."""
     weights = {n: t * masks[n].to(t) if n in masks else t for n, t in run.load(run.rewind_point).items()}
-    optimizer, step = run.load_optimizer(run.rewind_optimizer)
+    tensors, meta = run.load_optimizer(run.rewind_optimizer)
+    optimizer, step = optimizer_from_tensors(tensors, meta["state"], meta["param_groups"]), meta["step"]
     names = [n for n, _ in model.named_parameters()]
     state = {pid: {key: v * masks[names[pid]].to(v) if names[pid] in masks and v.shape == masks[names[pid]].shape else v
                    for key, v in entry.items()} for pid, entry in optimizer["state"].items()}
@@ -353,14 +356,16 @@ class Study:
             def snapshots(step: int, weights: Callable[[], dict[str, torch.Tensor]], optimizer: Callable[[], dict[str, Any]]) -> None:
                 if step == at:
                     if config.rewind_step is not None:  # first: the weights' file is what says the point is stored
-                        run.save_optimizer(run.rewind_optimizer, optimizer(), step)
+                        state = optimizer()
+                        tensors, keys = optimizer_tensors(state)
+                        run.save_optimizer(run.rewind_optimizer, tensors, {"step": step, "param_groups": state["param_groups"], "state": keys})
                     run.save(run.rewind_point, weights())
 
         def on_stop(state: RoundState) -> None:
             run.save_resume(r, *state.to_file())
             run.write_metrics(earlier + state.history)
 
-        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, r > 0 and fine_tunes(config))
+        member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, fine_tunes(config, r))
         elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
         return _RoundPlan(self, r, masks, pruned, member, total_steps, elapsed, time.perf_counter(), interrupted)
 

@@ -25,6 +25,18 @@ from lth.schedule import round_schedule
 from lth.seeds import epoch_augmentation, epoch_order
 
 
+def optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """An optimizer's state as flat tensors `opt/<param index>/<key>`, and the keys each index holds."""
+    keys = {str(pid): sorted(entry) for pid, entry in state["state"].items()}
+    return {f"opt/{pid}/{key}": v for pid, entry in state["state"].items() for key, v in entry.items()}, keys
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], keys: dict[str, list[str]], param_groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The inverse of `optimizer_tensors`, with the param groups stored beside it."""
+    state = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in names} for pid, names in keys.items()}
+    return {"state": state, "param_groups": param_groups}
+
+
 @dataclass
 class RoundState:
     """Everything needed to continue a round after its `steps_done`-th iteration (an eval point)."""
@@ -44,8 +56,8 @@ class RoundState:
     def to_file(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata for the run directory's resume file (with the torch RNG)."""
         tensors = {**{f"model/{k}": v for k, v in self.model.items()}, **{f"best/{k}": v for k, v in self.best.items()}}
-        keys = {str(pid): sorted(entry) for pid, entry in self.optimizer["state"].items()}
-        tensors.update({f"opt/{pid}/{key}": v for pid, entry in self.optimizer["state"].items() for key, v in entry.items()})
+        optimizer, keys = optimizer_tensors(self.optimizer)
+        tensors.update(optimizer)
         tensors["rng/torch"] = torch.get_rng_state()
         meta = {"steps_done": self.steps_done, "best_step": self.best_step, "best_val_loss": self.best_val_loss,
                 "best_val_acc": self.best_val_acc, "history": self.history, "partial": self.partial,
@@ -56,9 +68,9 @@ class RoundState:
     def from_file(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> RoundState:
         """The inverse of `to_file`; restores the torch RNG as it was saved."""
         torch.set_rng_state(tensors["rng/torch"])
-        opt = {int(pid): {key: tensors[f"opt/{pid}/{key}"] for key in keys} for pid, keys in meta["optimizer"]["state"].items()}
+        opt = optimizer_from_tensors(tensors, meta["optimizer"]["state"], meta["optimizer"]["param_groups"])
         part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-        return cls(meta["steps_done"], part("model/"), {"state": opt, "param_groups": meta["optimizer"]["param_groups"]},
+        return cls(meta["steps_done"], part("model/"), opt,
                    part("best/"), meta["best_step"], meta["best_val_loss"], meta["best_val_acc"], meta["history"], meta.get("partial", {}))
 
 
