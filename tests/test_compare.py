@@ -7,7 +7,7 @@ import concurrent.futures
 import pytest
 
 from conftest import TINY_OVERRIDES
-from lth import compare
+from lth import cells, compare
 from lth.cli import main
 from lth.config import ConfigError
 from lth.masks import count_kept
@@ -15,7 +15,7 @@ from lth.rundir import RunDir
 from conftest import load_tensors, read_rounds_csv
 
 CELL_OVERRIDES = tuple({**TINY_OVERRIDES, "prune.rounds": "1", "train.initial_epochs": "2", "train.epochs": "2"}.items())
-SPEC = compare.CompareSpec(
+SPEC = cells.CompareSpec(
     name="tiny-comparison",
     base="quick",
     variants=(
@@ -72,32 +72,32 @@ def test_rerun_skips_complete_cells(study, data_root):
 
 def test_a_different_spec_in_the_same_dir_is_refused(study):
     result, _ = study
-    other = compare.CompareSpec(name="x", base="quick", variants=SPEC.variants[:1], seeds=(0,))
+    other = cells.CompareSpec(name="x", base="quick", variants=SPEC.variants[:1], seeds=(0,))
     with pytest.raises(ConfigError, match="holds a different comparison"):
         compare.run_comparison(other, result.study_dir, log=lambda _: None)
 
 
 def test_plan_validates_before_running(tmp_path):
-    bad = compare.CompareSpec(name="x", base="quick", variants=((("prune.criterion", "nope"),),), seeds=(0,))
+    bad = cells.CompareSpec(name="x", base="quick", variants=((("prune.criterion", "nope"),),), seeds=(0,))
     with pytest.raises(ConfigError, match="unknown criterion"):
-        compare.plan(bad, tmp_path)
-    dangling = compare.CompareSpec(name="x", base="quick", variants=((("prune.criterion", "random"), ("prune.match", "@ghost")),), seeds=(0,))
+        cells.plan(bad, tmp_path)
+    dangling = cells.CompareSpec(name="x", base="quick", variants=((("prune.criterion", "random"), ("prune.match", "@ghost")),), seeds=(0,))
     with pytest.raises(ConfigError, match="names no variant"):
-        compare.plan(dangling, tmp_path)
+        cells.plan(dangling, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_seed_comparison_preset_and_grid():
     spec = compare.COMPARISON_PRESETS["seed-comparison"]
     assert spec.seeds == (0, 1, 2) and spec.base == "seed"
-    assert [compare.variant_label(v) for v in spec.variants] == ["high-movement_init", "magnitude_init", "random_init_matched", "high-movement_reinit"]
-    assert len(compare.grid(["a", "b"], ["init", "reinit"], ["conv2", "conv4"])) == 8
+    assert [cells.variant_label(v) for v in spec.variants] == ["high-movement_init", "magnitude_init", "random_init_matched", "high-movement_reinit"]
+    assert len(cells.grid(["a", "b"], ["init", "reinit"], ["conv2", "conv4"])) == 8
 
 
 def test_spec_file_and_cli_errors(tmp_path, capsys):
     spec_file = tmp_path / "s.toml"
     spec_file.write_text('name = "s"\nbase = "quick"\ncriteria = ["high-movement", "magnitude"]\nrewinds = ["init"]\nreplicates = 2\nseed = 3\n')
-    spec = compare.load_spec(spec_file)
+    spec = cells.load_spec(spec_file)
     assert spec.seeds == (3, 4) and len(spec.variants) == 2
     spec_file.write_text('name = "s"\ncolour = "red"\n')
     assert main(["compare", "--spec", str(spec_file), "--out", str(tmp_path / "o")]) == 2

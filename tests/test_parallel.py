@@ -12,7 +12,8 @@ import torch
 from lth import config as cfgmod
 from lth.cli import main
 from lth.energy import EnergyReading
-from lth.compare import CompareSpec, parallel_batches, plan
+from lth.cells import CompareSpec, plan
+from lth.compare import parallel_batches
 from lth.study import run_studies as run_parallel
 from lth.rundir import RunDir
 from conftest import load_tensors, read_rounds_csv

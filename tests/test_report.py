@@ -338,7 +338,7 @@ def test_every_criterion_labels_its_score():
 
 def test_remaining_axis_ticks_are_plain_and_reversed():
     ax = Figure().subplots()
-    figures._remaining_axis(ax, [100, 50, 20, 8, 2.1])
+    figures.remaining_axis(ax, [100, 50, 20, 8, 2.1])
     left, right = ax.get_xlim()
     assert left > right  # 100 on the left, as in Frankle & Carbin
     assert list(ax.get_xticks()) == [100, 50, 20, 10, 5, 2]

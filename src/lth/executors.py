@@ -5,7 +5,7 @@ A job is "run these cells of the study in this directory" (`run_job`): it reads 
 spec from `study.toml`, plans it again and trains the named cells from their own run
 directories, so nothing but paths and cell names is ever pickled, and a job can run twice or
 anywhere the study directory is visible. Finished cells are skipped and the run-directory lock
-keeps two jobs off one cell. Each job records what it is doing (`compare.write_job_record`), which
+keeps two jobs off one cell. Each job records what it is doing (`lth.cells.write_job_record`), which
 is what `lth status` reads.
 """
 
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lth.cells import cells_named, is_complete, job_record, jobs_dir, read_job_record, run_cells, write_job_record
 from lth.config import ConfigError
+from lth.report import write_report
 
 KINDS = ("local", "slurm", "ray")
 SLURM_KEYS = {  # lth's short names → submitit's parameters; any other key goes to sbatch as --KEY=VALUE
@@ -204,35 +206,33 @@ def run_job(study: str, cells: Sequence[str], data_dir: str | None, progress: bo
     """Run cells (`<variant>/seed-<s>`) of the study in `study`, as they are on disk; (cells
     run, cells another process holds). With `report`, the job that completes the study writes
     its report. Every engine calls this."""
-    from lth import compare
-
     study_dir = Path(study)
-    chosen = compare.cells_named(study_dir, cells)
+    chosen = cells_named(study_dir, cells)
     job, log = current_job()
-    before = {cell.name: compare.read_job_record(study_dir, cell) for cell in chosen}
+    before = {cell.name: read_job_record(study_dir, cell) for cell in chosen}
     for cell in chosen:
-        compare.write_job_record(study_dir, cell, state="running", job=job, log=log, host=socket.gethostname(), pid=os.getpid())
+        write_job_record(study_dir, cell, state="running", job=job, log=log, host=socket.gethostname(), pid=os.getpid())
     try:
-        ran, busy = compare._run_cells(chosen, data_dir, progress)
+        ran, busy = run_cells(chosen, data_dir, progress)
     except KeyboardInterrupt as exc:  # a signal: the position is saved; the engine may requeue the job
         for cell in chosen:
-            compare.write_job_record(study_dir, cell, state="stopped", job=job, log=log, error=f"stopped by {type(exc).__name__} ({exc})")
+            write_job_record(study_dir, cell, state="stopped", job=job, log=log, error=f"stopped by {type(exc).__name__} ({exc})")
         raise
     except BaseException as exc:
         line = f"{type(exc).__name__}: {exc}".splitlines()[0]
         for cell in chosen:
-            if not compare.is_complete(cell):
-                compare.write_job_record(study_dir, cell, state="failed", job=job, log=log, error=line,
-                                         traceback="".join(traceback.format_exception(exc))[-4000:])
+            if not is_complete(cell):
+                write_job_record(study_dir, cell, state="failed", job=job, log=log, error=line,
+                                 traceback="".join(traceback.format_exception(exc))[-4000:])
         raise
     held = {Path(p).resolve() for p in busy}
     for cell in chosen:
         if cell.out.resolve() not in held:
-            compare.write_job_record(study_dir, cell, state="done", job=job, log=log)
+            write_job_record(study_dir, cell, state="done", job=job, log=log)
         elif before[cell.name]:  # another job holds it: its record stands
-            compare.write_job_record(study_dir, cell, **{k: v for k, v in before[cell.name].items() if k != "cell"})
+            write_job_record(study_dir, cell, **{k: v for k, v in before[cell.name].items() if k != "cell"})
         else:
-            compare.job_record(study_dir, cell).unlink(missing_ok=True)
+            job_record(study_dir, cell).unlink(missing_ok=True)
     if report:
         _report_if_complete(study_dir)
     return [str(p) for p in ran], [str(p) for p in busy]
@@ -240,12 +240,9 @@ def run_job(study: str, cells: Sequence[str], data_dir: str | None, progress: bo
 
 def _report_if_complete(study: Path) -> None:
     """The job that finishes the last cell writes the report; a lock keeps two from writing at once."""
-    from lth import compare
-    from lth.report import write_report
-
-    if not all(compare.is_complete(c) for c in compare.cells_named(study, None)):
+    if not all(is_complete(c) for c in cells_named(study, None)):
         return
-    lock_path = compare.jobs_dir(study) / ".report.lock"
+    lock_path = jobs_dir(study) / ".report.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -276,10 +273,8 @@ class CellJob:
         except KeyboardInterrupt:
             if not asked:
                 raise
-            from lth import compare
-
-            for cell in compare.cells_named(Path(study), cells):
-                compare.write_job_record(Path(study), cell, state="requeued", job=current_job()[0], log=current_job()[1])
+            for cell in cells_named(Path(study), cells):
+                write_job_record(Path(study), cell, state="requeued", job=current_job()[0], log=current_job()[1])
             requeue(signal.SIGUSR2, None)  # submitit: checkpoint, `scontrol requeue`, exit
             raise
 

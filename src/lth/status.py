@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from lth import compare
+from lth.cells import Cell, cells_named, is_complete, read_job_record
 from lth.executors import slurm_job_state
 
 STATES = ("done", "running", "failed", "pending")
@@ -54,10 +54,10 @@ def last_error_line(log: str | None) -> str | None:
     return (errors or lines or [None])[-1]
 
 
-def cell_status(study: Path, cell: compare.Cell) -> CellStatus:
-    record = compare.read_job_record(study, cell)
+def cell_status(study: Path, cell: Cell) -> CellStatus:
+    record = read_job_record(study, cell)
     job, log, said = record.get("job"), record.get("log"), record.get("state")
-    if compare.is_complete(cell):
+    if is_complete(cell):
         return CellStatus(cell.name, "done", job, log)
     if said == "failed":
         return CellStatus(cell.name, "failed", job, log, record.get("error"))
@@ -74,7 +74,7 @@ def cell_status(study: Path, cell: compare.Cell) -> CellStatus:
 
 
 def study_status(study: Path) -> list[CellStatus]:
-    return [cell_status(study, cell) for cell in compare.cells_named(study, None)]
+    return [cell_status(study, cell) for cell in cells_named(study, None)]
 
 
 def format_status(study: Path, cells: list[CellStatus]) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from lth.report.figures import _colors, _figure, _legend, _remaining_axis, _wrap
+from lth.report.figures import figure, legend, palette, remaining_axis, wrap
 from lth.report.tables import Groups, Run
 
 STABLE = 0.02  # Frankle et al. 2020's threshold, as lth.stability's (not imported from there: it would load torch)
@@ -42,14 +42,14 @@ def plot_paths(table: pd.DataFrame, path: Path) -> None:
     """Error along the path, one panel per group, one line per round (mean over pairs and seeds)."""
     own, labels = table[~table["sweep"]], list(dict.fromkeys(table.loc[~table["sweep"], "group"]))
     cmap, top = matplotlib.colormaps["viridis"], max(int(own["round"].max()), 1)
-    with _figure(path, "Test error along the line between two trained copies", len(labels)) as (fig, axes):
+    with figure(path, "Test error along the line between two trained copies", len(labels)) as (fig, axes):
         for ax, label in zip(axes, labels):
             for rnd, g in own[own["group"] == label].groupby("round"):
                 errors = 100 * np.mean(np.stack(g["path"].to_list()), axis=0)
                 ax.plot(np.linspace(0, 1, len(errors)), errors, color=cmap(rnd / top), lw=1.4)
-            ax.set(title=_wrap(label), xlabel="interpolation α (copy A → copy B)", ylabel="test error (%)")
+            ax.set(title=wrap(label), xlabel="interpolation α (copy A → copy B)", ylabel="test error (%)")
         rounds = sorted(own["round"].unique())
-        _legend(fig, [Line2D([], [], color=cmap(r / top)) for r in rounds], [f"round {r}" for r in rounds], ncol=min(len(rounds), 6))
+        legend(fig, [Line2D([], [], color=cmap(r / top)) for r in rounds], [f"round {r}" for r in rounds], ncol=min(len(rounds), 6))
 
 
 def plot_instability(table: pd.DataFrame, path: Path, *, x: str) -> None:
@@ -58,8 +58,8 @@ def plot_instability(table: pd.DataFrame, path: Path, *, x: str) -> None:
     sweep = x == "rewind_step"
     rows = table[table["sweep"] == sweep]
     lines = {(f"{key[0]} · round {key[1]}" if sweep else key[0]): g for key, g in rows.groupby(["group", "round"] if sweep else ["group"], sort=False)}
-    colors = _colors(list(lines))
-    with _figure(path, "Instability vs rewinding iteration" if sweep else "Instability vs weights remaining") as (fig, ax):
+    colors = palette(list(lines))
+    with figure(path, "Instability vs rewinding iteration" if sweep else "Instability vs weights remaining") as (fig, ax):
         for name, g in lines.items():
             mean = g.groupby(x)["instability"].mean()
             ax.plot(mean.index, 100 * mean.to_numpy(), marker="o", ms=4, color=colors[name])
@@ -67,10 +67,10 @@ def plot_instability(table: pd.DataFrame, path: Path, *, x: str) -> None:
         if sweep:
             ax.set(xscale="symlog", xlabel="rewinding iteration k (of round 0)")
         else:
-            _remaining_axis(ax, rows["remaining_pct"])
+            remaining_axis(ax, rows["remaining_pct"])
         ax.set_ylabel("instability (% test error)")
-        _legend(fig, [Line2D([], [], color=c, marker="o") for c in colors.values()] + [Line2D([], [], color="0.3", ls=":")],
-                [*colors, "2%: stable at or below"], ncol=2)
+        legend(fig, [Line2D([], [], color=c, marker="o") for c in colors.values()] + [Line2D([], [], color="0.3", ls=":")],
+               [*colors, "2%: stable at or below"], ncol=2)
 
 
 def figures(table: pd.DataFrame) -> list[tuple[str, str, object, dict]]:
