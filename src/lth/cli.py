@@ -17,7 +17,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from lth import compare
+from lth import __version__, compare
 from lth import config as cfgmod
 from lth.config import ConfigError
 from lth.data import DataError
@@ -231,6 +231,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def make_parser() -> argparse.ArgumentParser:
     keys = " ".join(f"--{k}" for k in dotted_keys())
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket / high-movement pruning studies on CIFAR-10.")
+    parser.add_argument("--version", action="version", version=f"lth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a study", epilog=f"Any config key can be overridden: {keys}")
@@ -246,10 +247,10 @@ def make_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted study from its last completed epoch")
-    resume.add_argument("run_dir", metavar="DIR")
-    resume.add_argument("--data-dir", metavar="DIR")
+    resume.add_argument("run_dir", metavar="DIR", help="the run directory to continue")
+    resume.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (default: the folder recorded in the run's manifest)")
     resume.add_argument("--device", help="train on another device than recorded (cpu, cuda)")
-    resume.add_argument("--no-progress", action="store_true")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bars (summaries still print)")
     resume.set_defaults(func=_cmd_resume)
 
     show = sub.add_parser("show", help="print a run's rounds table, or several runs side by side")
@@ -268,16 +269,16 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--rewinds", help="comma-separated rewind points (default: init)")
     cmp_.add_argument("--models", help="comma-separated models (default: the preset's)")
     cmp_.add_argument("--seeds", help="comma-separated seeds (default: --seed .. --seed + --replicates - 1)")
-    cmp_.add_argument("--seed", type=int, default=0)
-    cmp_.add_argument("--replicates", type=int, default=1, metavar="K")
+    cmp_.add_argument("--seed", type=int, default=0, help="first seed when --seeds is not given")
+    cmp_.add_argument("--replicates", type=int, default=1, metavar="K", help="seeds --seed .. --seed + K - 1 when --seeds is not given")
     cmp_.add_argument("--rounds", type=int, help="prune.rounds for every cell")
     cmp_.add_argument("--name", help="study name (default: <preset>-comparison)")
     cmp_.add_argument("--out", metavar="DIR", help="study directory (default: runs/<name>)")
-    cmp_.add_argument("--data-dir", metavar="DIR")
+    cmp_.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (else $LTH_DATA_DIR, else a user cache dir; downloaded if missing)")
     cmp_.add_argument("--no-report", action="store_true", help="run the cells only")
     cmp_.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 in any cell")
     cmp_.add_argument("--parallel", type=int, default=1, metavar="K", help="train up to K compatible cells together on one device (default 1)")
-    cmp_.add_argument("--no-progress", action="store_true")
+    cmp_.add_argument("--no-progress", action="store_true", help="no progress bars (summaries still print)")
     cmp_.add_argument("--executor", metavar="KIND",
                       help="where cells run: local (default, this process), slurm (submitit job arrays) or ray; "
                            "options as --executor.KEY VALUE (slurm: partition, gpus, cpus, mem, time, parallelism, any sbatch option; "
@@ -290,7 +291,7 @@ def make_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     report = sub.add_parser("report", help="figures and tables from run or study directories")
-    report.add_argument("paths", metavar="DIR", nargs="+")
+    report.add_argument("paths", metavar="DIR", nargs="+", help="run directories, or a study directory")
     report.add_argument("--out", metavar="DIR", help="report directory (default: DIR/report, or the common parent's)")
     report.set_defaults(func=_cmd_report)
 
@@ -304,15 +305,15 @@ def make_parser() -> argparse.ArgumentParser:
     stab.add_argument("--copies", type=int, default=2, metavar="K", help="copies per round, each with its own data order (default 2)")
     stab.add_argument("--points", type=int, default=30, metavar="N", help="points on the path between two copies, ends included (default 30)")
     stab.add_argument("--rewind-sweep", metavar="K,...", help="start from these iterations of round 0 instead of each round's rewind point")
-    stab.add_argument("--data-dir", metavar="DIR")
+    stab.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (default: the folder recorded in the run's manifest)")
     stab.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
     stab.set_defaults(func=_cmd_stability)
 
     export = sub.add_parser("export", help="write a round's ticket for plain PyTorch (torch.nn.utils.prune or a masked safetensors state dict)")
-    export.add_argument("run", metavar="RUN")
-    export.add_argument("--round", type=int, required=True, metavar="R")
+    export.add_argument("run", metavar="RUN", help="a run directory")
+    export.add_argument("--round", type=int, required=True, metavar="R", help="the round whose ticket (mask and weights) is written")
     export.add_argument("--format", required=True, metavar="FORMAT", help="prune (torch.save, weight_orig/weight_mask) or state-dict (safetensors)")
-    export.add_argument("--out", required=True, metavar="FILE")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write (kept if it exists, unless --force)")
     export.add_argument("--weights", default="best", metavar="W", help="init (the round's rewind point), best (default) or final")
     export.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     export.set_defaults(func=_cmd_export)
@@ -321,6 +322,20 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config_args(conf)
     conf.set_defaults(func=_cmd_config)
     return parser
+
+
+def _subparsers_action(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each `lth` subcommand's parser, in the order `--help` lists them (for the generated reference)."""
+    return dict(_subparsers_action(parser).choices)
+
+
+def command_help(parser: argparse.ArgumentParser, name: str) -> str:
+    """The one-line help of subcommand `name`, as `lth --help` shows it."""
+    return next(a.help for a in _subparsers_action(parser)._choices_actions if a.dest == name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,8 +42,11 @@ class DataConfig:
     """Which slice of CIFAR-10 a study uses; `None` means the whole split (45k / 5k / 10k)."""
 
     train_size: int | None = None
+    """Training images, the first of the 45,000 (omitted: all)."""
     val_size: int | None = None
+    """Validation images, the first of the last 5,000 training images (omitted: all)."""
     test_size: int | None = None
+    """Test images, the first of the 10,000 (omitted: all)."""
 
 
 def _length(text: str) -> tuple[int, str]:
@@ -74,30 +77,49 @@ class TrainConfig:
     the learning rate, constant); the `resnet20`/`vgg16` presets set open_lth's SGD recipe."""
 
     initial_epochs: int = 26
+    """Epochs of round 0, the dense network."""
     epochs: int = 25
-    steps: int | None = None  # iterations in every round, round 0 included (F&C); replaces epochs
-    eval_every: str = "epoch"  # or N iterations (F&C: 100); best weights follow this cadence
+    """Epochs of every later round."""
+    steps: int | None = None
+    """Iterations in every round, round 0 included (Frankle & Carbin's way); replaces the epochs."""
+    eval_every: str = "epoch"
+    """Validate every epoch, or every N iterations ("100" as in F&C); the best weights follow this cadence."""
     batch_size: int = 60
+    """Training batch size."""
     lr: float = 3e-4
+    """Learning rate (the peak rate when there is a schedule)."""
     beta1: float = 0.9
+    """Adam's first-moment decay."""
     beta2: float = 0.999
+    """Adam's second-moment decay."""
     eps: float = 1e-7
-    optimizer: str = "adam"  # or "sgd" (beta1/beta2/eps are Adam's; momentum/nesterov SGD's)
+    """Adam's epsilon: Keras' default, not PyTorch's 1e-8."""
+    optimizer: str = "adam"
+    """"adam" or "sgd" (beta1/beta2/eps are Adam's; momentum/nesterov SGD's); a fresh one each round."""
     momentum: float = 0.0
+    """SGD's momentum."""
     nesterov: bool = False
-    weight_decay: float = 0.0  # L2 added to the gradient (PyTorch's SGD/Adam `weight_decay`, open_lth's)
-    # The learning-rate schedule, a pure function of the iteration (lth.schedule): linear warm-up
-    # over `warmup`, then ×gamma at each milestone ("80ep,120ep": open_lth's style; or "32000it").
+    """Nesterov momentum (SGD with momentum only)."""
+    weight_decay: float = 0.0
+    """L2 added to the gradient, as PyTorch's SGD/Adam `weight_decay` (and open_lth) do."""
     milestones: str = ""
+    """Learning rate ×gamma at each of these lengths, e.g. "80ep,120ep" (open_lth) or "32000it"; a pure function of the iteration (lth.schedule)."""
     gamma: float = 0.1
+    """The factor applied at each milestone."""
     warmup: str = "0it"
-    augment: str = "none"  # or "crop-flip": random 32×32 crop of the 4-pixel zero-padded image, then a coin-flip mirror
+    """Linear warm-up to `lr` over this length ("1ep", "500it"); the first iteration trains at lr/W."""
+    augment: str = "none"
+    """"crop-flip": a random 32×32 crop of the 4-pixel zero-padded image, then a coin-flip mirror (seeded, on the device)."""
     eval_batch_size: int = 500
-    tf32: bool = True  # TF32 on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere+
-    # How iterations execute, not what they compute (outside the hash, like `device`):
-    engine: str = "auto"  # CUDA graphs on a GPU, eager on CPU; or "eager", "graph" (CUDA only)
-    channels_last: bool | None = None  # CPU only: NHWC convolutions; None ("auto"): measured on the machine (lth.layout)
-    precision: str = "fp32"  # or "bf16": autocast on AMX/AVX512-BF16 CPUs and GPUs; fp32 weights and masks
+    """Validation and test batch size; does not change the results' meaning."""
+    tf32: bool = True
+    """TF32 matmuls on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere and newer; no effect on a CPU."""
+    engine: str = "auto"
+    """How iterations execute, not what they compute (outside the hash): CUDA graphs on a GPU and eager on a CPU, or "eager", "graph" (CUDA only)."""
+    channels_last: bool | None = None
+    """CPU only: NHWC convolutions; unset ("auto"): measured on the machine once and cached (lth.layout). Outside the hash."""
+    precision: str = "fp32"
+    """"bf16": bf16 autocast of the forward pass and loss, fp32 weights, optimizer state and masks; fast only on CPUs with AMX or AVX512-BF16, and on GPUs."""
 
     def round_length(self, round_index: int, steps_per_epoch: int) -> int:
         """Iterations in a round: `steps` if set, else the round's epochs × iterations per epoch."""
@@ -115,14 +137,19 @@ class PruneConfig:
     """What is pruned after each round and how much of the still-active weights goes."""
 
     criterion: str = "high-movement"
+    """Which weights go: the score each prunable weight gets after a round (see the criteria page)."""
     fraction: float = 0.1
+    """Share of the still-active weights pruned per round (scope "global")."""
     rounds: int = 15
-    scope: str = "global"  # one ranking over all prunable layers, or "layer": each its own rate
-    # Scope "layer": per layer type {conv, dense, output}; the output layer is pruned only if
-    # given a rate here or in `layer_rates` (per tensor, which wins).
+    """Pruning rounds after round 0; 0 trains the dense network only."""
+    scope: str = "global"
+    """"global": one ranking over all prunable layers; "layer": each layer prunes its own rate."""
     rates: dict[str, float] = field(default_factory=dict)
+    """Scope "layer": a rate per layer type {conv, dense, output}; the output layer is pruned only if given a rate."""
     layer_rates: dict[str, float] = field(default_factory=dict)
-    match: str | None = None  # random only: a run whose per-layer kept counts this run copies
+    """Scope "layer": a rate per tensor name ("features.0.weight"), which wins over `rates`."""
+    match: str | None = None
+    """Random only: a run whose per-layer kept counts this run copies round by round ("@variant" in a comparison)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +157,9 @@ class EnergyConfig:
     """Per-round energy and CO2: recording only, so outside the hash."""
 
     tracker: str = "codecarbon"
-    country: str = "CAN"  # ISO 3166-1 alpha-3: the grid whose carbon intensity converts kWh to CO2
+    """Which meter records each round's energy; "off" records none."""
+    country: str = "CAN"
+    """ISO 3166-1 alpha-3 code of the grid whose carbon intensity converts kWh to CO2."""
 
 
 @dataclass(frozen=True)
@@ -140,14 +169,23 @@ class Config:
     `final` (the previous round's: fine-tuning) or `reinit` (fresh weights: the control)."""
 
     name: str = "seed"
+    """Names the default run directory (runs/<name>-<hash>)."""
     model: str = "seed-cnn"
+    """The network (see the model table)."""
     seed: int = 0
+    """The one seed θ0, every epoch's data order and every random choice derive from."""
     rewind: str = "init"
+    """Where survivors restart each round: "init" (θ0), "epoch:K", "iter:K", "lr", "best", "final" or "reinit" (K >= 1)."""
     device: str = "auto"
+    """"auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:N"."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The data slice."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """One round of training."""
     prune: PruneConfig = field(default_factory=PruneConfig)
+    """The criterion and the pruning schedule."""
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    """Energy recording."""
 
     def __post_init__(self) -> None:
         validate(self)  # the config boundary: no Config exists that would run but mean nothing
@@ -164,6 +202,57 @@ class Config:
         return int(self.rewind[5:]) if self.rewind.startswith("iter:") else None
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The interval a numeric key must lie in. Validation and the generated reference both read
+    `BOUNDS`, so what the docs say a key accepts is what `validate` enforces."""
+
+    low: float
+    high: float | None = None  # None: no upper bound
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if not (self.low_open or self.high_open):
+            return f"between {self.low} and {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+# Bounds above too: a config may come from anyone, and no study needs more than these.
+BOUNDS: dict[str, Bounds] = {
+    "seed": Bounds(0, 2**62),
+    "data.train_size": Bounds(1, 45000), "data.val_size": Bounds(1, 5000), "data.test_size": Bounds(1, 10000),
+    "train.initial_epochs": Bounds(1, 100_000), "train.epochs": Bounds(1, 100_000), "train.steps": Bounds(1, 10**9),
+    "train.batch_size": Bounds(1, 50_000), "train.eval_batch_size": Bounds(1, 100_000),
+    "train.lr": Bounds(0, low_open=True), "train.eps": Bounds(0, low_open=True),
+    "train.beta1": Bounds(0, 1, high_open=True), "train.beta2": Bounds(0, 1, high_open=True),
+    "train.momentum": Bounds(0, 1, high_open=True), "train.weight_decay": Bounds(0, 1, high_open=True),
+    "train.gamma": Bounds(0, 1, low_open=True),
+    "prune.fraction": Bounds(0, 1, low_open=True, high_open=True), "prune.rounds": Bounds(0, 1000),
+    "prune.rates": Bounds(0, 1, high_open=True), "prune.layer_rates": Bounds(0, 1, high_open=True),  # each entry
+}
+# Keys that take one of a fixed set of names (rewind and device have forms with a number; see validate).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": MODELS, "prune.criterion": CRITERIA, "prune.scope": SCOPES, "train.optimizer": OPTIMIZERS,
+    "train.augment": AUGMENTATIONS, "train.engine": ENGINES, "train.precision": PRECISIONS, "energy.tracker": TRACKERS,
+}
+
+
+def value_at(config: Config, key: str) -> Any:
+    """The value of a dotted key such as "train.lr"."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def validate(config: Config) -> None:
     """Reject values that would run but mean nothing, each with one line naming the key."""
 
@@ -172,23 +261,19 @@ def validate(config: Config) -> None:
             raise ConfigError(message)
 
     t, p, d = config.train, config.prune, config.data
-    need(config.model in MODELS, f"model: unknown model {config.model!r}; choose one of: {', '.join(MODELS)}")
-    need(p.criterion in CRITERIA, f"prune.criterion: unknown criterion {p.criterion!r}; choose one of: {', '.join(CRITERIA)}")
-    need(0.0 < p.fraction < 1.0, f"prune.fraction: must be in (0, 1), got {p.fraction}")
-    # Bounds above too: a config may come from anyone, and no study needs more than these.
-    for key, value, least, most in (("prune.rounds", p.rounds, 0, 1000), ("train.initial_epochs", t.initial_epochs, 1, 100_000),
-                                    ("train.epochs", t.epochs, 1, 100_000), ("train.batch_size", t.batch_size, 1, 50_000),
-                                    ("train.eval_batch_size", t.eval_batch_size, 1, 100_000), ("seed", config.seed, 0, 2**62)):
-        need(least <= value <= most, f"{key}: must be between {least} and {most}, got {value}")
-    need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
-    need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
-    need(t.eps > 0, f"train.eps: must be > 0, got {t.eps}")
+    for key, choices in CHOICES.items():
+        value = value_at(config, key)
+        need(value in choices, f"{key}: unknown {key.rsplit('.', 1)[-1]} {value!r}; choose one of: {', '.join(choices)}")
+    for key, bounds in BOUNDS.items():
+        value = value_at(config, key)
+        entries = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
+        for name, number in entries:
+            need(number is None or bounds.holds(number), f"{name}: must be {bounds.text()}, got {number}")
     point, _, k_text = config.rewind.partition(":")
     need(
         (config.rewind in REWIND_POINTS and ":" not in config.rewind) or (point in ("epoch", "iter") and k_text.isdigit() and 1 <= int(k_text) <= 10**9),
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
-    need(t.steps is None or 1 <= t.steps <= 10**9, f"train.steps: must be between 1 and 10^9 (or omitted to count epochs), got {t.steps}")
     per_epoch = -(-(d.train_size or 45000) // t.batch_size)
     if (k := config.rewind_epoch) is not None:  # the late-rewinding point must lie inside round 0
         last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
@@ -197,12 +282,8 @@ def validate(config: Config) -> None:
         need(k <= t.round_length(0, per_epoch), f"rewind: iter:{k} is after round 0's last iteration ({t.round_length(0, per_epoch)})")
         need(p.rounds == 0 or k < t.round_length(1, per_epoch),
              f"rewind: iter:{k} leaves nothing to retrain: later rounds are {t.round_length(1, per_epoch)} iterations long; choose a smaller K")
-    need(t.optimizer in OPTIMIZERS, f"train.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {t.optimizer!r}")
-    need(0 <= t.momentum < 1, f"train.momentum: must be in [0, 1), got {t.momentum}")
     need(not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov: needs train.optimizer = \"sgd\" and train.momentum > 0")
     need(t.momentum == 0 or t.optimizer == "sgd", f"train.momentum: SGD's; Adam's are train.beta1/beta2 (optimizer is {t.optimizer!r})")
-    need(0 <= t.weight_decay < 1, f"train.weight_decay: must be in [0, 1), got {t.weight_decay}")
-    need(0 < t.gamma <= 1, f"train.gamma: the factor at each milestone, in (0, 1], got {t.gamma}")
     milestones = [m for m in t.milestones.split(",") if m.strip()]
     need(len(milestones) <= 100 and all(_is_length(m) for m in milestones),
          f"train.milestones: comma-separated lengths such as \"80ep,120ep\" or \"32000it\" (at most 100), got {t.milestones!r}")
@@ -211,23 +292,14 @@ def validate(config: Config) -> None:
         at = [iterations(m, 1000) for m in milestones], [iterations(m, 1) for m in milestones]  # increasing in any epoch length
         need(all(a < b for seq in at for a, b in zip(seq, seq[1:])) and all(x >= 1 for x in at[0]),
              f"train.milestones: must be >= 1 and increasing in one unit, got {t.milestones!r}")
-    need(t.augment in AUGMENTATIONS, f"train.augment: expected one of {', '.join(AUGMENTATIONS)}, got {t.augment!r}")
     need(t.eval_every == "epoch" or (t.eval_every.isdigit() and int(t.eval_every) >= 1), f"train.eval_every: 'epoch' or a number of iterations >= 1, got {t.eval_every!r}")
-    need(t.engine in ENGINES, f"train.engine: expected one of {', '.join(ENGINES)}, got {t.engine!r}")
-    need(t.precision in PRECISIONS, f"train.precision: expected one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    need(p.scope in SCOPES, f"prune.scope: expected one of {', '.join(SCOPES)}, got {p.scope!r}")
     bad_type = sorted(set(p.rates) - set(LAYER_TYPES))
     need(not bad_type, f"prune.rates: unknown layer type {bad_type[0] if bad_type else ''!r}; use {', '.join(LAYER_TYPES)}")
-    for key, rate in [*(("rates." + k, v) for k, v in p.rates.items()), *(("layer_rates." + k, v) for k, v in p.layer_rates.items())]:
-        need(0.0 <= rate < 1.0, f"prune.{key}: must be in [0, 1), got {rate}")
     need(p.scope == "layer" or not (p.rates or p.layer_rates), "prune.rates/layer_rates: per-layer rates need prune.scope = \"layer\"")
     need(p.match is None or p.criterion == "random", f"prune.match: only the random criterion copies another run's densities (criterion is {p.criterion!r})")
     need(config.device in DEVICES or config.device.startswith("cuda:"), f"device: expected one of {', '.join(DEVICES)} or cuda:N, got {config.device!r}")
     e = config.energy
-    need(e.tracker in TRACKERS, f"energy.tracker: expected one of {', '.join(TRACKERS)}, got {e.tracker!r}")
     need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
-    for key, size, limit in (("train_size", d.train_size, 45000), ("val_size", d.val_size, 5000), ("test_size", d.test_size, 10000)):
-        need(size is None or 1 <= size <= limit, f"data.{key}: must be between 1 and {limit} (or omitted for all), got {size}")
     need(0 < len(config.name) <= 100 and config.name not in (".", "..") and not set("/\\\0") & set(config.name),
          f"name: must be 1-100 characters without '/', '\\' or NUL, got {config.name[:100]!r}")
     need(len(p.layer_rates) <= 1000, f"prune.layer_rates: at most 1000 entries, got {len(p.layer_rates)}")
@@ -284,6 +356,24 @@ PRESETS: dict[str, Config] = {
 }
 
 
+# What each preset is for, one line each: the generated presets reference prints it beside the
+# preset's values (a test keeps the keys equal to PRESETS').
+PRESET_NOTES: dict[str, str] = {
+    "seed": "the seed study (DESIGN §1): 26 epochs dense, then 15 rounds × 25 epochs of high-movement pruning",
+    "quick": "the mechanics in a few minutes on a 2-core CPU; not a result (the validation loss bottoms out mid-round, so every round prunes)",
+    "seed-magnitude": "the seed with magnitude pruning (global 10%, keep the largest |w_final|)",
+    "seed-random": "the seed with random pruning (global 10%)",
+    "seed-reinit": "the seed with random re-initialisation instead of rewinding to θ0",
+    "fc-conv2": "Frankle & Carbin's Conv-2 (per-layer magnitude, 18 rounds → 1.9%)",
+    "fc-conv4": "Frankle & Carbin's Conv-4 (per-layer magnitude, 21 rounds → 2.0%)",
+    "fc-conv6": "Frankle & Carbin's Conv-6 (per-layer magnitude, 21 rounds → 2.1%)",
+    "resnet20": "open_lth's CIFAR ResNet-20 recipe (cifar_resnet_20)",
+    "vgg16": "open_lth's CIFAR VGG-16 recipe (cifar_vgg_16)",
+    "resnet20-quick": "resnet20's recipe scaled to minutes on a 2-core CPU; not a result",
+    "vgg16-quick": "vgg16's recipe scaled to minutes on a 2-core CPU; not a result",
+}
+
+
 def preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
@@ -306,10 +396,23 @@ def to_toml(config: Config) -> str:
     return tomli_w.dumps(to_dict(config))
 
 
+# Where and how a study executes (device, engine, memory layout) and what it records (energy):
+# not what it computes, so `computed` sets them to these fixed values and a run may be resumed
+# on another device or engine. The reference marks these keys "outside the hash".
+HASH_NEUTRAL: dict[str, Any] = {"device": "auto", "train.engine": "auto", "train.channels_last": False, "energy": EnergyConfig()}
+
+
+def _with(node: Any, key: str, value: Any) -> Any:
+    """`node` with the dotted `key` replaced by `value`."""
+    head, _, rest = key.partition(".")
+    return replace(node, **{head: _with(getattr(node, head), rest, value) if rest else value})
+
+
 def computed(config: Config) -> dict[str, Any]:
-    """What decides a study's results: all but where and how it executes (device, engine,
-    memory layout) and the energy recording. Its hash names the default run directory."""
-    payload = to_dict(replace(config, device="auto", energy=EnergyConfig(), train=replace(config.train, engine="auto", channels_last=False)))
+    """What decides a study's results: all but `HASH_NEUTRAL`. Its hash names the default run directory."""
+    for key, value in HASH_NEUTRAL.items():
+        config = _with(config, key, value)
+    payload = to_dict(config)
     for key, default in LATER_TRAIN_KEYS.items():  # at their defaults, what every run did before they existed: hashes stay
         if payload["train"][key] == default:
             del payload["train"][key]

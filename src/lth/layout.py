@@ -29,15 +29,41 @@ def cache_file() -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or platformdirs.user_cache_dir("lth")) / "layouts.json"
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str] | None:
+    """The processor's feature flags (x86 "flags", Arm "Features"); None where the OS does not say."""
+    lines = [line for line in _cpuinfo().splitlines() if line.startswith(("flags", "Features"))]
+    return set(lines[0].split(":", 1)[1].split()) if lines else None
+
+
 def cpu_name() -> str:
     """The processor's model name and the vector extensions that decide convolution speed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = _cpuinfo()
+    if not info:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
-    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
-    return " ".join([name, *sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))])
+    return " ".join([name, *sorted(f for f in cpu_flags() or () if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))])
+
+
+# bf16 arithmetic in hardware: Intel AMX, AVX512-BF16 (Intel, AMD Zen 4 and later), Arm's BF16.
+NATIVE_BF16_FLAGS = {"amx_bf16", "avx512_bf16", "bf16"}
+
+
+def bf16_warning(configs: list[Config]) -> str | None:
+    """One line when a CPU study asks for bf16 that this CPU only emulates: there it costs more
+    than it gives (2.6x slower than fp32 on a Xeon with AVX-512 but neither AMX nor AVX512-BF16),
+    and nothing else would say so."""
+    flags = cpu_flags()
+    if flags is None or flags & NATIVE_BF16_FLAGS or all(c.train.precision != "bf16" for c in configs):
+        return None
+    return ("lth: warning: train.precision = \"bf16\" on a CPU without native bf16 (neither AMX nor AVX512-BF16): "
+            "it is emulated and slower than fp32 here; use --train.precision fp32")
 
 
 def machine_key(config: Config) -> str:

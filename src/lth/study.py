@@ -24,6 +24,7 @@ from lth.config import Config, ConfigError
 from lth.data import Splits, load_splits
 from lth.energy import EnergyMeter, EnergyReading, make_meter
 from lth.engine import use_graphs
+from lth.layout import bf16_warning
 from lth.layout import choose as choose_layout
 from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
 from lth.models import build_model, layer_types
@@ -159,6 +160,8 @@ def _pin_execution(configs: list[Config], runs: list[RunDir], device: torch.devi
     the one its run directory already holds, else the config's, else measured on this machine
     (cached); it is pinned into the stored config, so a resume keeps it. Stacked studies and
     GPUs train in the default layout."""
+    if device.type == "cpu" and (warning := bf16_warning(configs)):
+        print(warning, file=sys.stderr)
     if device.type != "cpu" or len(configs) > 1:
         return configs, {"channels_last": False, "chosen": "default"}
     config, run = configs[0], runs[0]
