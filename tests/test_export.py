@@ -29,7 +29,7 @@ def splits(data_root):
 
 
 def plain_pytorch_load(path):
-    """The README's recipe, verbatim: torch, torch.nn.utils.prune and lth.models only."""
+    """The recipe in docs/how-to/stability-and-export.md, verbatim: torch, torch.nn.utils.prune and lth.models only."""
     ckpt = torch.load(path, weights_only=True)
     model = build_model(ckpt["model"], 0)
     for name, module in model.named_modules():

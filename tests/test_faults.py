@@ -2,7 +2,7 @@
 real-data study, breaks something (a signal, a full or read-only disk, a damaged file, NaN, other
 data, a second `lth compare`), and checks that lth says so in one line, exits non-zero, and loses
 nothing: the files it had written are byte-for-byte unchanged, or the run resumes to the same
-result. The README's fault table lists every case with the test that shows it."""
+result. The fault table in docs/how-to/resume-and-verify.md lists every case with the test that shows it."""
 
 from __future__ import annotations
 
