@@ -101,6 +101,8 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _cmd_resume(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = _parse_overrides(extra)
+    if args.train_lr is not None:
+        overrides["train.lr"] = args.train_lr
     if set(overrides) - {"train.lr"}:
         raise ConfigError(f"lth resume can change only --train.lr (got --{sorted(set(overrides) - {'train.lr'})[0]}); "
                           "it continues the stored config, other changes need a new run")
@@ -250,6 +252,8 @@ def make_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="DIR", help="the run directory to continue")
     resume.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (default: the folder recorded in the run's manifest)")
     resume.add_argument("--device", help="train on another device than recorded (cpu, cuda)")
+    resume.add_argument("--train.lr", dest="train_lr", metavar="LR",
+                        help="continue with this learning rate (after a divergence: the one change allowed, recorded in the manifest's history)")
     resume.add_argument("--no-progress", action="store_true", help="no progress bars (summaries still print)")
     resume.set_defaults(func=_cmd_resume)
 

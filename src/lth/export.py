@@ -61,8 +61,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
 
 def ticket(run: RunDir, round_index: int, weights: str) -> tuple[str, dict[str, torch.Tensor], Masks]:
     """(model name, masked weights, mask) of a committed round, or a one-line RunDirError."""
-    if not run.is_run():
-        raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
+    run.require_run()
     config, done = run.read_config(), len(run.read_rounds())
     if not 0 <= round_index < done:
         raise RunDirError(f"{run.root}: round {round_index} is not committed (rounds done: {done}); choose --round 0 to {done - 1}")

@@ -105,6 +105,11 @@ class RunDir:
     def is_run(self) -> bool:
         return self.config.is_file() and self.manifest.is_file()
 
+    def require_run(self) -> None:
+        """The one-line refusal of a path that is not a run, for every command that reads one."""
+        if not self.is_run():
+            raise RunDirError(f"{self.root} is not an lth run directory (no {self.config.name}/{self.manifest.name}); check the path")
+
     def in_use(self) -> bool:
         """Whether another process holds the lock (it may be writing the first files right now)."""
         if not (self.root / ".lock").is_file():

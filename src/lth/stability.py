@@ -183,8 +183,7 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
     Rounds default to every committed one; `sweep`: start from iterations k of round 0 instead of
     each round's own rewind point; `together` (default: on a GPU) trains the copies stacked."""
     run = RunDir(Path(run_dir))
-    if not run.is_run():
-        raise RunDirError(f"{run.root} is not an lth run directory (no config.toml/manifest.json); check the path")
+    run.require_run()
     if copies < 2 or points < 2:
         raise ConfigError(f"lth stability: --copies and --points must be >= 2, got {copies} and {points}")
     config, committed = run.read_config(), run.read_rounds()

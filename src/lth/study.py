@@ -87,8 +87,7 @@ def resume_study(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None 
     its manifest unless `data_dir` says otherwise), optionally on another device or, after a
     divergence, with another learning rate (recorded in the manifest's history)."""
     run = RunDir(Path(run_dir))
-    if not run.is_run():
-        raise RunDirError(f"{run.root} is not an lth run directory (no {run.config.name}/{run.manifest.name}); check the path")
+    run.require_run()
     config = run.read_config()
     if device is not None:
         config = cfgmod.apply_overrides(config, {"device": device})
