@@ -116,3 +116,10 @@ def test_missing_data_fails_cleanly_and_leaves_no_run_dir(capsys, tmp_path):
     code, _, stderr = run_cli(capsys, "run", "--preset", "quick", "--data-dir", str(empty), "--out", str(out), "--no-energy")
     assert code == 2 and stderr.startswith("lth: error:") and stderr.count("\n") == 1
     assert not out.exists()
+
+
+def test_version_names_the_installed_release():
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "lth", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"lth {version('lth')}"
