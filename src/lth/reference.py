@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import sys
 import textwrap
+import types
 import typing
 from typing import Any
 
@@ -72,7 +73,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
         inner = [_type_name(a) for a in typing.get_args(hint) if a is not type(None)]
         return " or ".join(inner) + " or unset"
     if typing.get_origin(hint) is dict:
