@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from lth import __version__, compare
+from lth.cells import CompareSpec, grid, load_spec
 from lth import config as cfgmod
 from lth.config import ConfigError
 from lth.data import DataError
@@ -125,20 +126,20 @@ def _split(text: str | None) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()] if text else []
 
 
-def _compare_spec(args: argparse.Namespace, extra: list[str]) -> compare.CompareSpec:
+def _compare_spec(args: argparse.Namespace, extra: list[str]) -> CompareSpec:
     overrides = _parse_overrides(extra)
     if args.spec:
-        spec = compare.load_spec(args.spec)
+        spec = load_spec(args.spec)
     elif args.study:
         if args.study not in compare.COMPARISON_PRESETS:
             raise ConfigError(f"unknown comparison preset {args.study!r}; choose one of: {', '.join(compare.COMPARISON_PRESETS)}")
         spec = compare.COMPARISON_PRESETS[args.study]
     else:
         seeds = tuple(int(s) for s in _split(args.seeds)) if args.seeds else tuple(range(args.seed or 0, (args.seed or 0) + args.replicates))
-        spec = compare.CompareSpec(
+        spec = CompareSpec(
             name=args.name or f"{args.preset}-comparison",
             base=args.preset,
-            variants=compare.grid(_split(args.criteria) or ["high-movement"], _split(args.rewinds) or ["init"], _split(args.models)),
+            variants=grid(_split(args.criteria) or ["high-movement"], _split(args.rewinds) or ["init"], _split(args.models)),
             seeds=seeds,
         )
     if args.preset_given and (args.spec or args.study):

@@ -28,7 +28,6 @@ from typing import Any
 from lth import config as cfgmod
 from lth import executors
 from lth.cells import Cell, CompareSpec, jobs_dir, plan, study_file, write_job_record
-from lth.cells import grid, load_spec  # noqa: F401 - the CLI's, by way of this module: a study file and a grid of variants
 from lth.config import Config, ConfigError
 from lth.data import resolve_data_dir
 from lth.report import write_report

@@ -115,9 +115,9 @@ class TrainConfig:
     tf32: bool = True
     """TF32 matmuls on CUDA, as TensorFlow (the seed's Keras) defaults on Ampere and newer; no effect on a CPU."""
     engine: str = "auto"
-    """How iterations execute, not what they compute (outside the hash): CUDA graphs on a GPU and eager on a CPU, or "eager", "graph" (CUDA only)."""
+    """How iterations execute, not what they compute: CUDA graphs on a GPU and eager on a CPU, or "eager", "graph" (CUDA only)."""
     channels_last: bool | None = None
-    """CPU only: NHWC convolutions; unset ("auto"): measured on the machine once and cached (lth.layout). Outside the hash."""
+    """CPU only: NHWC convolutions; unset ("auto"): measured on the machine once and cached (lth.layout)."""
     precision: str = "fp32"
     """"bf16": bf16 autocast of the forward pass and loss, fp32 weights, optimizer state and masks; fast only on CPUs with AMX or AVX512-BF16, and on GPUs."""
 
@@ -211,6 +211,7 @@ class Bounds:
     high: float | None = None  # None: no upper bound
     low_open: bool = False
     high_open: bool = False
+    unset: str = ""  # what leaving an optional key unset means, e.g. "all"
 
     def holds(self, value: float) -> bool:
         above = value > self.low if self.low_open else value >= self.low
@@ -219,17 +220,20 @@ class Bounds:
 
     def text(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        if not (self.low_open or self.high_open):
-            return f"between {self.low} and {self.high}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+            interval = f"{'>' if self.low_open else '>='} {self.low}"
+        elif not (self.low_open or self.high_open):
+            interval = f"between {self.low} and {self.high}"
+        else:
+            interval = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return interval + (f" (or omitted {self.unset})" if self.unset else "")
 
 
 # Bounds above too: a config may come from anyone, and no study needs more than these.
 BOUNDS: dict[str, Bounds] = {
     "seed": Bounds(0, 2**62),
-    "data.train_size": Bounds(1, 45000), "data.val_size": Bounds(1, 5000), "data.test_size": Bounds(1, 10000),
-    "train.initial_epochs": Bounds(1, 100_000), "train.epochs": Bounds(1, 100_000), "train.steps": Bounds(1, 10**9),
+    "data.train_size": Bounds(1, 45000, unset="for all"), "data.val_size": Bounds(1, 5000, unset="for all"),
+    "data.test_size": Bounds(1, 10000, unset="for all"),
+    "train.initial_epochs": Bounds(1, 100_000), "train.epochs": Bounds(1, 100_000), "train.steps": Bounds(1, 10**9, unset="to count epochs"),
     "train.batch_size": Bounds(1, 50_000), "train.eval_batch_size": Bounds(1, 100_000),
     "train.lr": Bounds(0, low_open=True), "train.eps": Bounds(0, low_open=True),
     "train.beta1": Bounds(0, 1, high_open=True), "train.beta2": Bounds(0, 1, high_open=True),
