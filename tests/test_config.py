@@ -150,6 +150,12 @@ def test_config_names_the_registries_below_it():
     from lth.pruning import CRITERIA
 
     assert (set(cfgmod.MODELS), set(cfgmod.CRITERIA), set(cfgmod.TRACKERS)) == (set(MODELS), set(CRITERIA), set(TRACKERS))
+    from lth.data import DATASETS
+
+    assert {name: (d.train, d.test, *d.shape[:2]) for name, d in DATASETS.items()} == cfgmod.DATASET_SIZES
+    assert all(set(d.classes) <= set(cfgmod.LABELS) for d in DATASETS.values())
+    assert {(name, labels): n for name, d in DATASETS.items() for labels, n in d.classes.items()} == {
+        (name, labels): cfgmod.DataConfig(dataset=name, labels=labels).classes for name, d in DATASETS.items() for labels in d.classes}
 
 
 def test_a_config_built_in_python_is_validated_too():

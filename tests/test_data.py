@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from lth import data
+from lth.data import fetch
+from lth.data.cifar import ALLOWED_GLOBALS
 from lth.data import (
     BATCHES_DIRNAME,
     DataError,
@@ -178,7 +180,7 @@ def test_real_batches_reference_only_numpy_array_globals(real_dir):
 
     with open(real_dir / "test_batch", "rb") as f:
         Recorder(f, encoding="bytes").load()
-    assert seen <= set(data._ALLOWED_GLOBALS)
+    assert seen <= set(ALLOWED_GLOBALS)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -204,7 +206,7 @@ def test_to_float_scales_to_unit_range():
 
 
 def test_resolve_data_dir_precedence(monkeypatch, tmp_path):
-    monkeypatch.setattr(data.platformdirs, "user_cache_dir", lambda app: str(tmp_path / "cache" / app))
+    monkeypatch.setattr(fetch.platformdirs, "user_cache_dir", lambda app: str(tmp_path / "cache" / app))
     monkeypatch.delenv("LTH_DATA_DIR", raising=False)
     assert resolve_data_dir() == tmp_path / "cache" / "lth" / "data"
     monkeypatch.setenv("LTH_DATA_DIR", str(tmp_path / "env"))

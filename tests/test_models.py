@@ -89,7 +89,7 @@ def test_build_model_seed_cnn_unchanged_keras_init_from_seed():
 
 
 def test_registry_entries_carry_their_init():
-    assert set(MODELS) >= {"seed-cnn", "conv2", "conv4", "conv6"}
+    assert set(MODELS) >= {"seed-cnn", "conv2", "conv4", "conv6", "lenet-300-100"}
     assert all(isinstance(spec, ModelSpec) for spec in MODELS.values())
     assert MODELS["seed-cnn"].init == "glorot_uniform"
     assert {MODELS[n].init for n in ("conv2", "conv4", "conv6")} == {"glorot_normal"}

@@ -22,7 +22,7 @@ from lth.models import VGG16_PLAN, build_model, layer_types, prunable_names
 from lth.rundir import RunDir
 from lth.schedule import learning_rate, round_schedule
 from lth.seeds import epoch_augmentation
-from lth.study import compatible, rewind_weights, run_study
+from lth.study import compatible, pruning_plan, rewind_weights, run_study
 from lth.train import Member, train_rounds
 from test_resume import epochs_logged, kill_when
 from test_resume import lth as lth_cmd
@@ -91,7 +91,7 @@ def test_open_lth_init_is_a_function_of_the_seed(name):
 
 
 def test_open_lth_schedule_learning_rate_at_chosen_steps():
-    t, per_epoch = cfgmod.preset("resnet20").train, 352  # 45,000 / 128
+    t, per_epoch = cfgmod.preset("resnet20").train, 391  # 50,000 / 128: open_lth holds nothing out
     at = lambda step: learning_rate(t, step, per_epoch)  # noqa: E731
     assert at(0) == 0.1 and at(80 * per_epoch - 1) == 0.1
     assert math.isclose(at(80 * per_epoch), 0.01) and math.isclose(at(120 * per_epoch - 1), 0.01)
@@ -103,6 +103,13 @@ def test_warmup_rises_linearly_then_milestones_in_iterations():
     assert [learning_rate(t, s, 100) for s in range(10)] == [0.1, 0.2, 0.30000000000000004, 0.4, 0.4, 0.4, 0.2, 0.2, 0.1, 0.1]
     assert round_schedule(t, 100, total=10, fine_tune=True)(0) == 0.1  # fine-tuning: the schedule's last rate throughout
     assert round_schedule(t, 100, total=10)(0) == 0.1 and round_schedule(t, 100, total=10)(4) == 0.4
+
+
+def test_warmup_from_zero_is_open_lths_lr_times_it_over_w():
+    """open_lth's LambdaLR: min(1, it / W), so iteration 0 trains at learning rate 0."""
+    t = TrainConfig(optimizer="sgd", lr=0.4, warmup="4it", warmup_from_zero=True)
+    assert [learning_rate(t, s, 100) for s in range(6)] == [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.4]
+    assert cfgmod.preset("resnet20").train.warmup_from_zero and not cfgmod.preset("resnet20-quick").train.warmup_from_zero
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -140,6 +147,16 @@ def test_presets_carry_open_lths_defaults():
         assert (t.milestones, t.gamma, t.augment, c.prune.fraction, c.prune.scope, c.model) == ("80ep,120ep", 0.1, "crop-flip", 0.2, "global", name)
         quick = cfgmod.preset(f"{name}-quick")
         assert (quick.model, quick.train.optimizer, quick.train.augment) == (name, "sgd", "crop-flip")
+        # The four points where the presets once differed from open_lth's defaults (issue 22).
+        assert (c.data.validation, c.data.normalize, t.warmup_from_zero) == (0, "imagenet", True)
+        assert c.data.train_images == 50_000
+        types = layer_types(build_model(name, 0))
+        names, _ = pruning_plan(c, build_model(name, 0))
+        output = next(n for n, kind in types.items() if kind == "output")
+        assert output == "fc.weight" and (output in names) == (name == "resnet20")  # ResNet-20 prunes fc.weight, VGG-16 does not
+        hundred = cfgmod.preset(f"{name}-cifar100")
+        assert (hundred.data.dataset, hundred.data.classes) == ("cifar100", 100)
+        assert cfgmod.computed(hundred)["train"] == cfgmod.computed(c)["train"]  # one key away
 
 
 def test_nesterov_and_weight_decay_reach_the_optimizer(splits):
@@ -325,3 +342,34 @@ def test_resnet20_quick_study_resumes_bit_identically_after_sigkill(data_root, t
     rows = read_rounds_csv(ref.rounds)
     assert [r["criterion"] for r in rows] == ["none", "magnitude", "magnitude"]
     assert [round(float(r["remaining_pct"])) for r in rows] == [100, 80, 64]
+
+
+# ---------------------------------------------------------------- open_lth's data handling
+
+
+def test_without_a_validation_split_the_test_set_is_watched_and_best_is_final(data_root, tmp_path):
+    """open_lth's way (`data.validation = 0`): all training images train, the evaluations watch
+    the test set, and the best weights of every round are its final ones (the report says so)."""
+    config = small(**{"data.validation": "0", "data.val_size": "none", "data.normalize": "imagenet", "prune.rounds": "1",
+                      "prune.include_output": "true"})
+    result = run_study(config, out=tmp_path / "run", data_dir=data_root, progress=False)
+    run, rows = RunDir(result.run_dir), read_rounds_csv(RunDir(result.run_dir).rounds)
+    for r, row in enumerate(rows):
+        assert int(row["best_step"]) == 16 and math.isnan(float(row["best_val_loss"])), row  # 4 epochs of 4 iterations
+        best, final = load_tensors(run.best(r)), load_tensors(run.final(r))
+        assert all(best[k].equal(final[k]) for k in final)
+    metrics = read_metrics(run.metrics)
+    assert metrics and all("test_loss" in m and "val_loss" not in m for m in metrics)
+    assert "fc.weight" in load_tensors(run.mask(1))  # include_output: the output layer is ranked too
+
+
+def test_imagenet_normalisation_comes_after_the_crops_zero_padding():
+    """As open_lth's transforms (pad, crop, then normalise): a padded border pixel becomes (0 - mean) / std."""
+    from lth.data import IMAGENET_MEAN, IMAGENET_STD, input_transform
+
+    images = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    shifted = crop_flip(images, torch.tensor([[0, 0, 0]]), pad=1)  # the window's top-left corner is padding
+    x = input_transform((IMAGENET_MEAN, IMAGENET_STD), "cpu")(shifted)
+    for c in range(3):
+        assert math.isclose(x[0, c, 0, 0].item(), -IMAGENET_MEAN[c] / IMAGENET_STD[c], rel_tol=1e-6)
+        assert math.isclose(x[0, c, 1, 1].item(), (1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c], rel_tol=1e-6)

@@ -28,7 +28,15 @@ SCOPES = ("global", "layer")
 # The names the registries below this module answer to (lth.models.MODELS, lth.pruning.CRITERIA,
 # lth.energy.TRACKERS; a test keeps them equal), so that a config is validated here, once,
 # without importing them.
-MODELS = ("seed-cnn", "conv2", "conv4", "conv6", "resnet20", "vgg16")
+MODELS = ("seed-cnn", "conv2", "conv4", "conv6", "resnet20", "vgg16", "lenet-300-100")
+# lth.data.DATASETS' names and sizes (training images, test images, channels, side; a test
+# keeps them equal), so that a data slice is checked here.
+DATASET_SIZES = {"cifar10": (50_000, 10_000, 3, 32), "cifar100": (50_000, 10_000, 3, 32),
+                 "mnist": (60_000, 10_000, 1, 28), "fashion-mnist": (60_000, 10_000, 1, 28)}
+DATASETS = tuple(DATASET_SIZES)
+LABELS = ("fine", "coarse")
+NORMALIZATIONS = ("none", "dataset", "imagenet")
+MIN_SIDE = {"vgg16": 32}  # models whose pooling needs at least this image side
 CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase")
 TRACKERS = ("codecarbon", "carbontracker", "off")
 
@@ -39,14 +47,39 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which slice of CIFAR-10 a study uses; `None` means the whole split (45k / 5k / 10k)."""
+    """Which data set a study uses, how it is split and which slice of each part; `None` means
+    the whole part (CIFAR-10: 45k / 5k / 10k)."""
 
+    dataset: str = "cifar10"
+    """"cifar10", "cifar100", "mnist" or "fashion-mnist", each in its official layout under the data folder."""
+    validation: int = 5000
+    """Training images held out, the last ones, to validate (choose the best weights); 0: none, as open_lth (best = final)."""
+    labels: str = "fine"
+    """CIFAR-100's label set: "fine" (100 classes) or "coarse" (20 superclasses); the other data sets have one."""
+    normalize: str = "none"
+    """Input scaling after /255: "none", "dataset" (its training set's per-channel mean and std) or "imagenet" (open_lth's for CIFAR)."""
     train_size: int | None = None
-    """Training images, the first of the 45,000 (omitted: all)."""
+    """Training images, the first of those not held out (omitted: all)."""
     val_size: int | None = None
-    """Validation images, the first of the last 5,000 training images (omitted: all)."""
+    """Validation images, the first of the held-out ones (omitted: all)."""
     test_size: int | None = None
-    """Test images, the first of the 10,000 (omitted: all)."""
+    """Test images, the first of the test set (omitted: all)."""
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the data set's images: what every model is built for."""
+        _, _, channels, side = DATASET_SIZES[self.dataset]
+        return channels, side, side
+
+    @property
+    def classes(self) -> int:
+        """How many classes the labels name: the model's output width."""
+        return 20 if self.labels == "coarse" else 100 if self.dataset == "cifar100" else 10
+
+    @property
+    def train_images(self) -> int:
+        """How many images a round's epoch passes over."""
+        return self.train_size or DATASET_SIZES[self.dataset][0] - self.validation
 
 
 def _length(text: str) -> tuple[int, str]:
@@ -107,7 +140,9 @@ class TrainConfig:
     gamma: float = 0.1
     """The factor applied at each milestone."""
     warmup: str = "0it"
-    """Linear warm-up to `lr` over this length ("1ep", "500it"); the first iteration trains at lr/W."""
+    """Linear warm-up to `lr` over this length ("1ep", "500it"); iteration i (from 0) trains at lr·(i+1)/W."""
+    warmup_from_zero: bool = False
+    """Warm-up as open_lth computes it: iteration i trains at lr·i/W, so the first at 0."""
     augment: str = "none"
     """"crop-flip": a random 32×32 crop of the 4-pixel zero-padded image, then a coin-flip mirror (seeded, on the device)."""
     eval_batch_size: int = 500
@@ -144,6 +179,8 @@ class PruneConfig:
     """Pruning rounds after round 0; 0 trains the dense network only."""
     scope: str = "global"
     """"global": one ranking over all prunable layers; "layer": each layer prunes its own rate."""
+    include_output: bool = False
+    """Prune the output layer too: in the global ranking, or at `fraction` in scope "layer" unless `rates.output` says otherwise (open_lth's ResNet-20 does)."""
     rates: dict[str, float] = field(default_factory=dict)
     """Scope "layer": a rate per layer type {conv, dense, output}; the output layer is pruned only if given a rate."""
     layer_rates: dict[str, float] = field(default_factory=dict)
@@ -231,8 +268,8 @@ class Bounds:
 # Bounds above too: a config may come from anyone, and no study needs more than these.
 BOUNDS: dict[str, Bounds] = {
     "seed": Bounds(0, 2**62),
-    "data.train_size": Bounds(1, 45000, unset="for all"), "data.val_size": Bounds(1, 5000, unset="for all"),
-    "data.test_size": Bounds(1, 10000, unset="for all"),
+    "data.validation": Bounds(0, 59_999), "data.train_size": Bounds(1, 60_000, unset="for all"),
+    "data.val_size": Bounds(1, 59_999, unset="for all"), "data.test_size": Bounds(1, 10_000, unset="for all"),
     "train.initial_epochs": Bounds(1, 100_000), "train.epochs": Bounds(1, 100_000), "train.steps": Bounds(1, 10**9, unset="to count epochs"),
     "train.batch_size": Bounds(1, 50_000), "train.eval_batch_size": Bounds(1, 100_000),
     "train.lr": Bounds(0, low_open=True), "train.eps": Bounds(0, low_open=True),
@@ -244,7 +281,7 @@ BOUNDS: dict[str, Bounds] = {
 }
 # Keys that take one of a fixed set of names (rewind and device have forms with a number; see validate).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model": MODELS, "prune.criterion": CRITERIA, "prune.scope": SCOPES, "train.optimizer": OPTIMIZERS,
+    "model": MODELS, "data.dataset": DATASETS, "data.labels": LABELS, "data.normalize": NORMALIZATIONS, "prune.criterion": CRITERIA, "prune.scope": SCOPES, "train.optimizer": OPTIMIZERS,
     "train.augment": AUGMENTATIONS, "train.engine": ENGINES, "train.precision": PRECISIONS, "energy.tracker": TRACKERS,
 }
 
@@ -278,7 +315,18 @@ def validate(config: Config) -> None:
         (config.rewind in REWIND_POINTS and ":" not in config.rewind) or (point in ("epoch", "iter") and k_text.isdigit() and 1 <= int(k_text) <= 10**9),
         f"rewind: unknown rewind point {config.rewind!r}; choose one of: {', '.join(REWIND_POINTS)} (K >= 1)",
     )
-    per_epoch = -(-(d.train_size or 45000) // t.batch_size)
+    train_total, test_total, channels, side = DATASET_SIZES[d.dataset]
+    held = f"{d.dataset} holds {train_total:,} training images, {d.validation:,} of them held out to validate"
+    need(d.validation < train_total, f"data.validation: {d.validation} leaves nothing to train on; {d.dataset} holds {train_total:,} training images")
+    need(d.train_size is None or d.train_size <= train_total - d.validation, f"data.train_size: {d.train_size} is more than there are; {held}")
+    need(d.val_size is None or d.validation > 0, "data.val_size: there is no validation split (data.validation is 0); leave val_size unset")
+    need(d.val_size is None or d.val_size <= d.validation, f"data.val_size: {d.val_size} is more than there are; {held}")
+    need(d.test_size is None or d.test_size <= test_total, f"data.test_size: {d.test_size} is more than there are; {d.dataset} holds {test_total:,} test images")
+    need(d.labels == "fine" or d.dataset == "cifar100", f"data.labels: only cifar100 has coarse labels (dataset is {d.dataset!r})")
+    need(d.normalize != "imagenet" or channels == 3, f"data.normalize: \"imagenet\" is for RGB images; {d.dataset} is grey, use \"dataset\"")
+    need(side >= MIN_SIDE.get(config.model, 0), f"model: {config.model} needs images of at least {MIN_SIDE.get(config.model)}×{MIN_SIDE.get(config.model)}; "
+         f"{d.dataset}'s are {side}×{side}, choose another model")
+    per_epoch = -(-d.train_images // t.batch_size)
     if (k := config.rewind_epoch) is not None:  # the late-rewinding point must lie inside round 0
         last = f"iteration ({t.steps})" if t.steps is not None else f"epoch ({t.initial_epochs})"
         need(k * per_epoch <= t.round_length(0, per_epoch), f"rewind: epoch:{k} is after round 0's last {last}")
@@ -319,18 +367,35 @@ def _frankle_carbin(model: str, lr: float, steps: int, conv_rate: float, rounds:
                                     rates={"conv": conv_rate, "dense": 0.2, "output": 0.1}))
 
 
-def _open_lth(model: str, quick: bool = False) -> Config:
-    """open_lth's CIFAR ResNet-20 / VGG-16 hparams (`quick`: the same recipe scaled down)."""
+def _open_lth(model: str, quick: bool = False, dataset: str = "cifar10") -> Config:
+    """open_lth's CIFAR ResNet-20 / VGG-16 defaults (`quick`: the same optimiser and schedule
+    scaled down, with lth's validation split)."""
     recipe = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, gamma=0.1, augment="crop-flip", eval_batch_size=1000)
-    if not quick:
-        train = TrainConfig(initial_epochs=160, epochs=160, batch_size=128, milestones="80ep,120ep", **recipe)
-        return Config(name=model, model=model, train=train, prune=PruneConfig(criterion="magnitude", fraction=0.2, rounds=15))
+    if not quick:  # open_lth's defaults exactly: see the docs' table of what still differs
+        train = TrainConfig(initial_epochs=160, epochs=160, batch_size=128, milestones="80ep,120ep", warmup_from_zero=True, **recipe)
+        data = DataConfig(dataset=dataset, validation=0, normalize="imagenet")  # all 50,000 training images; best = final
+        prune = PruneConfig(criterion="magnitude", fraction=0.2, rounds=15, include_output=model == "resnet20")  # VGG-16 ignores fc.weight
+        return Config(name=model if dataset == "cifar10" else f"{model}-{dataset}", model=model, data=data, train=train, prune=prune)
     if model == "resnet20":  # about 30 s a round on a 2-core CPU
         size, train = 2000, TrainConfig(initial_epochs=8, epochs=8, batch_size=64, milestones="4ep,6ep", warmup="1ep", **recipe)
     else:  # VGG-16 is 12× ResNet-20's compute a image
         size, train = 400, TrainConfig(initial_epochs=6, epochs=6, batch_size=50, milestones="3ep,5ep", warmup="1ep", **recipe)
     return Config(name=f"{model}-quick", model=model, data=DataConfig(train_size=size, val_size=500, test_size=1000),
                   train=train, prune=PruneConfig(criterion="magnitude", fraction=0.2, rounds=2))
+
+
+def _lenet(quick: bool = False) -> Config:
+    """Frankle & Carbin (ICLR 2019) LeNet-300-100 on MNIST: Adam 1.2e-3, batch 60, 50,000
+    iterations a round, validation on the last 5,000 training images every 100 iterations,
+    magnitude pruning per layer (hidden 20%, output 10%), rewind to θ0, 18 rounds (1.9% left)."""
+    rates = {"dense": 0.2, "output": 0.1}
+    if quick:  # the protocol at a tenth of the iterations and 3 rounds (49% left)
+        return Config(name="lenet-quick", model="lenet-300-100", data=DataConfig(dataset="mnist"),
+                      train=TrainConfig(steps=5_000, eval_every="500", batch_size=60, lr=1.2e-3),
+                      prune=PruneConfig(criterion="magnitude", scope="layer", rounds=3, rates=rates))
+    return Config(name="lenet", model="lenet-300-100", data=DataConfig(dataset="mnist"),
+                  train=TrainConfig(steps=50_000, eval_every="100", batch_size=60, lr=1.2e-3),
+                  prune=PruneConfig(criterion="magnitude", scope="layer", rounds=18, rates=rates))
 
 
 PRESETS: dict[str, Config] = {
@@ -348,11 +413,17 @@ PRESETS: dict[str, Config] = {
     "fc-conv2": _frankle_carbin("conv2", 2e-4, 20_000, 0.10, rounds=18),  # 1.9% remaining
     "fc-conv4": _frankle_carbin("conv4", 3e-4, 25_000, 0.10, rounds=21),  # 2.0%
     "fc-conv6": _frankle_carbin("conv6", 3e-4, 30_000, 0.15, rounds=21),  # 2.1%
-    # open_lth's CIFAR defaults (cifar_resnet_20, cifar_vgg_16): SGD 0.1, momentum 0.9, weight decay
-    # 1e-4, batch 128, 160 epochs with ×0.1 at 80 and 120, crop + flip, 20% global magnitude pruning
-    # per round (the output layer is never pruned), rewind to θ0.
+    # open_lth's CIFAR defaults (cifar_resnet_20, cifar_vgg_16): all 50,000 training images (no
+    # validation split), ImageNet normalisation, SGD 0.1, momentum 0.9, weight decay 1e-4, batch
+    # 128, 160 epochs with ×0.1 at 80 and 120, crop + flip, 20% global magnitude pruning per round
+    # (ResNet-20's output layer included, VGG-16's not), rewind to θ0.
     "resnet20": _open_lth("resnet20"),
     "vgg16": _open_lth("vgg16"),
+    "resnet20-cifar100": _open_lth("resnet20", dataset="cifar100"),
+    "vgg16-cifar100": _open_lth("vgg16", dataset="cifar100"),
+    # Frankle & Carbin's LeNet-300-100 on MNIST (--data.dataset fashion-mnist: the same on Fashion-MNIST).
+    "lenet": _lenet(),
+    "lenet-quick": _lenet(quick=True),
     # Their recipe on a CPU's budget (a demonstration of the mechanics in minutes, not a result):
     # 2,000 (ResNet-20) / 400 (VGG-16) training images, the schedule scaled to the shorter rounds.
     "resnet20-quick": _open_lth("resnet20", quick=True),
@@ -371,8 +442,12 @@ PRESET_NOTES: dict[str, str] = {
     "fc-conv2": "Frankle & Carbin's Conv-2 (per-layer magnitude, 18 rounds → 1.9%)",
     "fc-conv4": "Frankle & Carbin's Conv-4 (per-layer magnitude, 21 rounds → 2.0%)",
     "fc-conv6": "Frankle & Carbin's Conv-6 (per-layer magnitude, 21 rounds → 2.1%)",
-    "resnet20": "open_lth's CIFAR ResNet-20 recipe (cifar_resnet_20)",
-    "vgg16": "open_lth's CIFAR VGG-16 recipe (cifar_vgg_16)",
+    "resnet20": "open_lth's cifar_resnet_20 defaults: 50,000 training images and no validation split (best = final), ImageNet normalisation, fc.weight pruned",
+    "vgg16": "open_lth's cifar_vgg_16 defaults: 50,000 training images and no validation split (best = final), ImageNet normalisation, fc.weight kept",
+    "resnet20-cifar100": "resnet20 on CIFAR-100 (fine labels, 100 classes)",
+    "vgg16-cifar100": "vgg16 on CIFAR-100 (fine labels, 100 classes)",
+    "lenet": "Frankle & Carbin's LeNet-300-100 on MNIST (per-layer magnitude, hidden 20%, output 10%, 18 rounds → 1.9%)",
+    "lenet-quick": "lenet's protocol in a few minutes on a 2-core CPU (5,000 iterations a round, 3 rounds); not a result",
     "resnet20-quick": "resnet20's recipe scaled to minutes on a 2-core CPU; not a result",
     "vgg16-quick": "vgg16's recipe scaled to minutes on a 2-core CPU; not a result",
 }
@@ -417,15 +492,17 @@ def computed(config: Config) -> dict[str, Any]:
     for key, value in HASH_NEUTRAL.items():
         config = _with(config, key, value)
     payload = to_dict(config)
-    for key, default in LATER_TRAIN_KEYS.items():  # at their defaults, what every run did before they existed: hashes stay
-        if payload["train"][key] == default:
-            del payload["train"][key]
+    for key, default in LATER_KEYS.items():  # at their defaults, what every run did before they existed: hashes stay
+        table, _, name = key.partition(".")
+        if payload[table].get(name, default) == default:
+            payload[table].pop(name, None)
     return payload
 
 
-# Train keys added after runs existed, with the default that means what those runs did.
-LATER_TRAIN_KEYS = {"precision": "fp32", "optimizer": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
-                    "milestones": "", "gamma": 0.1, "warmup": "0it", "augment": "none"}
+# Keys added after runs existed, with the default that means what those runs did.
+LATER_KEYS = {**{f"train.{k}": v for k, v in {"precision": "fp32", "optimizer": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
+                                               "milestones": "", "gamma": 0.1, "warmup": "0it", "augment": "none", "warmup_from_zero": False}.items()},
+              "data.dataset": "cifar10", "data.validation": 5000, "data.labels": "fine", "data.normalize": "none", "prune.include_output": False}
 
 
 def config_hash(config: Config) -> str:

@@ -99,8 +99,10 @@ class _Engine:
 
     stacked = False  # tensors carry a leading study axis
 
-    def __init__(self, k: int, params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool) -> None:
+    def __init__(self, k: int, params: Iterable[torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] = to_float) -> None:
         self.k = k
+        self.prepare = prepare  # uint8 images → the model's input (lth.data.input_transform)
         # bf16 autocast of the forward and loss (`train.precision`); weights, Adam and masks stay fp32.
         self.autocast = partial(torch.autocast, device.type, torch.bfloat16, cfg.precision == "bf16", cache_enabled=False)
         self.optimizer = make_optimizer(params, cfg, device, capturable, tensor_lr=capturable and device.type == "cuda")
@@ -144,17 +146,18 @@ class _Engine:
 class ModuleEngine(_Engine):
     """One study: its module trained in place (channels-last on CPU if `train.channels_last`)."""
 
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor], cfg: TrainConfig, device: torch.device, capturable: bool = False,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] = to_float) -> None:
         self.channels_last = cfg.channels_last and device.type == "cpu"
         self.model = model.to(device).train()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        super().__init__(1, model.parameters(), cfg, device, capturable)
+        super().__init__(1, model.parameters(), cfg, device, capturable, prepare)
         self.remask = MaskApplier(model, masks)
         self.remask()
 
     def _input(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = to_float(images_uint8)
+        x = self.prepare(images_uint8)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def state(self, k: int = 0) -> StateDict:
@@ -190,7 +193,8 @@ class StackedEngine(_Engine):
 
     stacked = True
 
-    def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, device: torch.device, capturable: bool = False) -> None:
+    def __init__(self, models: Sequence[nn.Module], masks: Sequence[Mapping[str, torch.Tensor]], cfg: TrainConfig, device: torch.device,
+                 capturable: bool = False, prepare: Callable[[torch.Tensor], torch.Tensor] = to_float) -> None:
         first = models[0]
         if len({type(m) for m in models}) != 1 or len({tuple(m.state_dict()) for m in models}) != 1:
             raise ValueError("studies trained together must use the same model")
@@ -204,7 +208,7 @@ class StackedEngine(_Engine):
         self.masked = [self.params[name] for name in masks[0]]
         self.factors = [torch.stack([m[name] for m in masks]).to(device=device, dtype=self.params[name].dtype) for name in masks[0]]
         self.template = copy.deepcopy(first).to("meta").train()
-        super().__init__(len(models), self.params.values(), cfg, device, capturable)
+        super().__init__(len(models), self.params.values(), cfg, device, capturable, prepare)
         call = partial(torch.func.functional_call, self.template)  # ((params, buffers), x) -> logits
         self.forward = torch.func.vmap(call, in_dims=((0, 0), 0))
         self.forward_shared = torch.func.vmap(call, in_dims=((0, 0), None))  # one split, K models
@@ -222,7 +226,7 @@ class StackedEngine(_Engine):
     def body(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One iteration on a [K, B] batch; summing the studies' mean losses gives each its own gradient."""
         with self.autocast():
-            logits = self.forward((self.params, self.buffers), to_float(images))
+            logits = self.forward((self.params, self.buffers), self.prepare(images))
             losses = torch.func.vmap(F.cross_entropy)(logits, labels)
         self._finish(losses.sum(), losses, logits, labels)
 
@@ -247,7 +251,7 @@ class StackedEngine(_Engine):
         for start in range(0, images.shape[0], batch_size):
             y = labels[start : start + batch_size]
             with self.autocast():  # the loss too: autocast computes cross-entropy in fp32
-                logits = self.forward_shared((self.params, self.buffers), to_float(images[start : start + batch_size]))
+                logits = self.forward_shared((self.params, self.buffers), self.prepare(images[start : start + batch_size]))
                 loss_sum += torch.func.vmap(lambda out: F.cross_entropy(out, y, reduction="sum"))(logits).double()
             correct += (logits.argmax(-1) == y).sum(1)
         self.template.train()

@@ -22,7 +22,7 @@ from torch.nn.utils import prune
 
 from lth.config import ConfigError
 from lth.masks import Masks, apply_masks_
-from lth.models import build_model
+from lth.models import build_model, model_for
 from lth.rundir import RunDir, RunDirError, atomic_write
 from lth.study import rewind_weights
 
@@ -36,9 +36,11 @@ def sparsity(masks: Masks) -> dict[str, list[int]]:
     return {**counts, "all": [sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())]}
 
 
-def pruned_module(model_name: str, weights: dict[str, torch.Tensor], masks: Masks) -> nn.Module:
-    """The model holding `weights`, each masked tensor pruned by `torch.nn.utils.prune.custom_from_mask`."""
-    model = build_model(model_name, 0)
+def pruned_module(model_name: str, weights: dict[str, torch.Tensor], masks: Masks, shape: tuple[int, int, int] = (3, 32, 32),
+                  classes: int = 10) -> nn.Module:
+    """The model (for images of `shape`, `classes` outputs) holding `weights`, each masked tensor
+    pruned by `torch.nn.utils.prune.custom_from_mask`."""
+    model = build_model(model_name, 0, shape, classes)
     model.load_state_dict(weights)
     modules = dict(model.named_modules())
     for name, mask in masks.items():
@@ -50,7 +52,8 @@ def pruned_module(model_name: str, weights: dict[str, torch.Tensor], masks: Mask
 def load_pruned(path: str | os.PathLike) -> nn.Module:
     """A `prune` export as a pruned module: plain PyTorch and `lth.models` (no pickled code runs)."""
     ckpt = torch.load(path, weights_only=True)
-    model, state = build_model(ckpt["model"], 0), ckpt["state_dict"]
+    shape, classes = tuple(ckpt.get("input_shape", (3, 32, 32))), int(ckpt.get("classes", 10))  # exports before data sets: CIFAR-10
+    model, state = build_model(ckpt["model"], 0, shape, classes), ckpt["state_dict"]
     modules = dict(model.named_modules())
     for key in [k for k in state if k.endswith("_mask")]:
         module, _, param = key.removesuffix("_mask").rpartition(".")
@@ -73,7 +76,7 @@ def ticket(run: RunDir, round_index: int, weights: str) -> tuple[str, dict[str, 
         state = run.load(paths[weights]) if weights in paths else rewind_weights(config, round_index, run, run.load(run.init))
     except FileNotFoundError as exc:
         raise RunDirError(f"{exc.filename}: missing; round {round_index}'s rewind point cannot be read") from None
-    model, masks = build_model(config.model, 0), run.load(run.mask(round_index))
+    model, masks = model_for(config, 0), run.load(run.mask(round_index))
     model.load_state_dict(state)
     apply_masks_(model, masks)
     return config.model, model.state_dict(), {name: masks[name] for name in model.state_dict() if name in masks}  # parameter order
@@ -84,7 +87,8 @@ def write_ticket(model_name: str, state: dict[str, torch.Tensor], masks: Masks, 
     meta = {"model": model_name, **meta}
     if fmt == "prune":
         buf = io.BytesIO()
-        torch.save({**meta, "state_dict": pruned_module(model_name, state, masks).state_dict()}, buf)
+        module = pruned_module(model_name, state, masks, tuple(meta.get("input_shape", (3, 32, 32))), int(meta.get("classes", 10)))
+        torch.save({**meta, "state_dict": module.state_dict()}, buf)
         atomic_write(out, buf.getvalue())
     else:
         from safetensors.torch import save
@@ -106,5 +110,7 @@ def export_ticket(run_dir: str | os.PathLike, round_index: int, fmt: str, out: s
     if out.exists() and not force:
         raise RunDirError(f"{out} already exists; pass --force to overwrite it or choose another --out")
     model_name, state, masks = ticket(RunDir(Path(run_dir)), round_index, weights)
-    write_ticket(model_name, state, masks, fmt, out, {"round": round_index, "weights": weights})
+    data = RunDir(Path(run_dir)).read_config().data
+    write_ticket(model_name, state, masks, fmt, out, {"round": round_index, "weights": weights, "dataset": data.dataset,
+                                                      "input_shape": list(data.image_shape), "classes": data.classes})
     return sparsity(masks)

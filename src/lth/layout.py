@@ -20,7 +20,7 @@ import torch
 
 from lth.config import Config
 from lth.engine import ModuleEngine, eager_step
-from lth.models import build_model
+from lth.models import model_for
 
 CACHE_ENV_VAR = "LTH_CACHE_DIR"
 
@@ -68,7 +68,8 @@ def bf16_warning(configs: list[Config]) -> str | None:
 
 def machine_key(config: Config) -> str:
     t = config.train
-    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {config.model} | batch {t.batch_size} | {t.precision}"
+    shape = "" if config.data.image_shape == (3, 32, 32) else f" | input {'x'.join(map(str, config.data.image_shape))}"
+    return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {config.model} | batch {t.batch_size} | {t.precision}{shape}"
 
 
 def step_seconds(config: Config, steps: int = 6, rounds: int = 3) -> dict[bool, float]:
@@ -77,12 +78,12 @@ def step_seconds(config: Config, steps: int = 6, rounds: int = 3) -> dict[bool, 
     a generator of its own, so that the study's weights and random streams are untouched."""
     generator = torch.Generator().manual_seed(0)
     b = config.train.batch_size
-    images = torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (b,), generator=generator)
+    images = torch.randint(0, 256, (b, *config.data.image_shape), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, config.data.classes, (b,), generator=generator)
     idx = torch.arange(b).unsqueeze(0)
     times: dict[bool, list[float]] = {False: [], True: []}
     with torch.random.fork_rng(devices=[]):  # building a model draws from the global stream
-        engines = {cl: ModuleEngine(build_model(config.model, 0), {}, dataclasses.replace(config.train, channels_last=cl), torch.device("cpu"))
+        engines = {cl: ModuleEngine(model_for(config, 0), {}, dataclasses.replace(config.train, channels_last=cl), torch.device("cpu"))
                    for cl in (False, True)}
         for _ in range(rounds):
             for cl, engine in engines.items():
@@ -98,6 +99,8 @@ def choose(config: Config) -> tuple[bool, str]:
     """(channels_last, how it was chosen: "config", "cached" or "measured") for a CPU study."""
     if config.train.channels_last is not None:
         return config.train.channels_last, "config"
+    if not any(isinstance(m, torch.nn.Conv2d) for m in model_for(config, 0).modules()):
+        return False, "no convolutions"  # a memory layout only convolutions see: nothing to measure
     key, path = machine_key(config), cache_file()
     try:
         cache = json.loads(path.read_text())

@@ -4,7 +4,9 @@ Each model draws θ0 the way its reference did: `seed-cnn` reproduces the seed s
 defaults ('valid' padding, Glorot-uniform kernels, zero biases); `conv2`/`conv4`/`conv6` are
 Frankle & Carbin's (ICLR 2019) Conv-2/4/6 ('same' padding, Glorot-normal kernels, zero biases);
 `resnet20` and `vgg16` are open_lth's CIFAR ResNet-20 and VGG-16 (batch norm; Kaiming-normal
-kernels, batch-norm scales uniform in [0, 1), as open_lth's defaults draw them).
+kernels, batch-norm scales uniform in [0, 1), as open_lth's defaults draw them); `lenet-300-100`
+is Frankle & Carbin's LeNet (Glorot-normal, as their conv nets). Every model takes its input's
+channels and side and its class count from the data set (`model_for`).
 
 Prunable tensors are chosen by module type (every conv and dense kernel except the output layer),
 never by parameter name, so renaming a layer cannot silently change what a criterion sees.
@@ -20,6 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lth.config import Config
 
 
 class ConvNet(nn.Module):
@@ -56,10 +60,28 @@ class ConvNet(nn.Module):
 
 class SeedCNN(ConvNet):
     """The seed study's CNN: Conv-4's layout with Keras' 'valid' padding (5×5×128 reach the dense
-    layers)."""
+    layers on CIFAR)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__((64, 128), num_classes, padding=0)
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
+        super().__init__((64, 128), num_classes, in_channels, image_size, padding=0)
+
+
+class LeNet(nn.Module):
+    """Frankle & Carbin's LeNet-300-100: the image flattened, dense layers of `widths` with ReLU,
+    and the output layer (784-300-100-10 on MNIST: 266,610 parameters)."""
+
+    def __init__(self, widths: tuple[int, ...] = (300, 100), num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = in_channels * image_size * image_size
+        for width in widths:
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        self.hidden = nn.Sequential(*layers)
+        self.output = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.hidden(x))
 
 
 class BasicBlock(nn.Module):
@@ -86,9 +108,9 @@ class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet-(6n+2): a 3×3 conv, three stages of n basic blocks at `width`,
     2×, 4× channels (the 2nd and 3rd start by halving the side), global average pool, `fc`."""
 
-    def __init__(self, n: int = 3, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
+    def __init__(self, n: int = 3, width: int = 16, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()  # any image size: the global average pool takes what the stages leave
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         blocks, channels = [], width
         for stage, filters in enumerate((width, 2 * width, 4 * width)):
@@ -122,10 +144,13 @@ class CifarVGG(nn.Module):
     """open_lth's CIFAR VGG: conv-BN-ReLU modules and 2×2 max-pools as `plan` lists them, a 2×2
     average pool (2×2 → 1×1), and one linear output layer `fc`."""
 
-    def __init__(self, plan: tuple[int | str, ...] = VGG16_PLAN, num_classes: int = 10) -> None:
+    def __init__(self, plan: tuple[int | str, ...] = VGG16_PLAN, num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
+        pools = plan.count("M") + 1  # and the closing 2×2 average pool
+        if image_size < 2 ** pools:
+            raise ValueError(f"VGG's {pools} poolings need images of at least {2 ** pools}×{2 ** pools}, got {image_size}×{image_size}")
         layers: list[nn.Module] = []
-        channels = 3
+        channels = in_channels
         for spec in plan:
             if spec == "M":
                 layers.append(nn.MaxPool2d(2))
@@ -180,7 +205,7 @@ INITIALISERS: dict[str, Callable[..., None]] = {
 class ModelSpec:
     """A registry entry: how to build the architecture and how its reference drew θ0."""
 
-    factory: Callable[[], nn.Module]
+    factory: Callable[..., nn.Module]  # (num_classes, in_channels, image_size) -> the module
     init: str  # a key of INITIALISERS
 
 
@@ -191,15 +216,25 @@ MODELS: dict[str, ModelSpec] = {
     "conv6": ModelSpec(partial(ConvNet, (64, 128, 256)), "glorot_normal"),
     "resnet20": ModelSpec(CifarResNet, "open_lth"),
     "vgg16": ModelSpec(CifarVGG, "open_lth"),
+    "lenet-300-100": ModelSpec(partial(LeNet, (300, 100)), "glorot_normal"),
 }
 
 
-def build_model(name: str, seed: int) -> nn.Module:
-    """Build a registered model with its weights drawn from `seed` alone (θ0 is reproducible)."""
+def build_model(name: str, seed: int, shape: tuple[int, int, int] = (3, 32, 32), classes: int = 10) -> nn.Module:
+    """Build a registered model for images of `shape` (channels, height, width) and `classes`
+    outputs, its weights drawn from `seed` alone (θ0 is reproducible)."""
     spec = MODELS[name]
-    model = spec.factory()
+    channels, height, width = shape
+    if height != width:
+        raise ValueError(f"lth's models take square images, got {height}×{width}")
+    model = spec.factory(num_classes=classes, in_channels=channels, image_size=height)
     INITIALISERS[spec.init](model, torch.Generator().manual_seed(seed))
     return model
+
+
+def model_for(config: Config, seed: int) -> nn.Module:
+    """`config`'s model, built for its data set's images and classes."""
+    return build_model(config.model, seed, config.data.image_shape, config.data.classes)
 
 
 def output_layer(model: nn.Module) -> nn.Module:

@@ -6,6 +6,7 @@ the per-round summary always goes to stdout, so logs of batch jobs still say how
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -30,7 +31,8 @@ class Progress:
 
     def end_eval(self, row: dict[str, Any]) -> None:
         if self.epochs is not None:
-            self.epochs.set_postfix(epoch=row["epoch"], val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_acc']:.3f}")
+            part = "val" if "val_loss" in row else "test"  # no validation split: the test set is watched
+            self.epochs.set_postfix(epoch=row["epoch"], **{f"{part}_loss": f"{row[f'{part}_loss']:.4f}", f"{part}_acc": f"{row[f'{part}_acc']:.3f}"})
             self.epochs.update(row["step"] - self.epochs.n)
 
     def end_round(self, row: dict[str, Any], total_rounds: int, label: str = "") -> None:
@@ -55,9 +57,10 @@ def summary_line(row: dict[str, Any], total_rounds: int) -> str:
     pruning = "dense" if int(row["round"]) == 0 else (
         "pruning skipped (best == final)" if row["pruning_skipped"] else f"pruned {row['pruned']:,}"
     )
+    best = (f"best epoch {row['best_epoch']} step {row['best_step']} (val loss {row['best_val_loss']:.4f})"
+            if math.isfinite(float(row["best_val_loss"])) else "no validation split: best = final")
     return (
-        f"round {row['round']}/{total_rounds - 1}: {row['remaining_pct']:.1f}% remaining, {pruning}; "
-        f"best epoch {row['best_epoch']} step {row['best_step']} (val loss {row['best_val_loss']:.4f}); "
+        f"round {row['round']}/{total_rounds - 1}: {row['remaining_pct']:.1f}% remaining, {pruning}; {best}; "
         f"test acc best {100 * row['test_acc_best']:.2f}% final {100 * row['test_acc_final']:.2f}%; "
         f"{row['seconds']:.0f} s"
     )

@@ -154,12 +154,17 @@ def _pruning(c: cfgmod.Config) -> str:
     if p.scope == "layer":
         rates = " / ".join(f"{k} {v:g}" for k, v in p.rates.items())
         return f"{p.criterion} per layer ({rates}), {p.rounds} rounds"
-    return f"{p.criterion} {p.fraction:g} global, {p.rounds} rounds ({100 * (1 - p.fraction) ** p.rounds:.1f}% left)"
+    output = ", output layer included" if p.include_output else ""
+    return f"{p.criterion} {p.fraction:g} global{output}, {p.rounds} rounds ({100 * (1 - p.fraction) ** p.rounds:.1f}% left)"
 
 
 def _data(c: cfgmod.Config) -> str:
     d = c.data
-    return " / ".join(f"{n:,}" if n else f"all {full:,}" for n, full in ((d.train_size, 45000), (d.val_size, 5000), (d.test_size, 10000)))
+    train, test = cfgmod.DATASET_SIZES[d.dataset][:2]
+    parts = [(d.train_size, train - d.validation), (d.val_size, d.validation), (d.test_size, test)]
+    sizes = " / ".join("none" if full == 0 else f"{n:,}" if n else f"all {full:,}" for n, full in parts)
+    extras = [x for x in (f"labels {d.labels}" if d.labels != "fine" else "", f"normalize {d.normalize}" if d.normalize != "none" else "") if x]
+    return f"{d.dataset}: {sizes}" + (f" ({', '.join(extras)})" if extras else "")
 
 
 def presets_markdown() -> str:

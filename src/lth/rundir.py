@@ -360,8 +360,10 @@ def prepare(run: RunDir, config: cfgmod.Config, resume: bool, force: bool) -> No
 def claimed(run: RunDir, force: bool = False) -> Iterator[RunDir]:
     """One writer per run directory: a second process fails instead of interleaving. `force`
     empties it first (after `prepare` said it is a run). A directory this call created is
-    removed again if the run stops before writing its config, so refused input leaves nothing."""
-    created = not run.root.exists()
+    removed again if the run stops before writing its config, with the parents it made, so refused
+    input leaves nothing."""
+    new = [d for d in (run.root, *run.root.parents) if not d.exists()]  # this call's folders, deepest first
+    created = bool(new)
     run.root.mkdir(parents=True, exist_ok=True)
     lock_path = run.root / ".lock"
     try:
@@ -379,8 +381,11 @@ def claimed(run: RunDir, force: bool = False) -> Iterator[RunDir]:
         if created and not run.config.exists():
             lock_path.unlink(missing_ok=True)
             run.checksums.unlink(missing_ok=True)
-            if not any(run.root.iterdir()):
-                run.root.rmdir()
+            for folder in new:  # the run's folder, then the parents it needed, while they are empty
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
+                else:
+                    break
 
 
 # ---------------------------------------------------------------- finding runs

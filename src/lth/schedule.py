@@ -16,14 +16,14 @@ def _points(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, list[int]]:
 
 
 def _rate(cfg: TrainConfig, step: int, warmup: int, milestones: list[int]) -> float:
-    scale = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    scale = min(1.0, (step + (0 if cfg.warmup_from_zero else 1)) / warmup) if warmup else 1.0
     return cfg.lr * scale * cfg.gamma ** sum(1 for m in milestones if m <= step)
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of the iteration after `step` iterations (step counts from 0): during a
     warm-up of W iterations it rises linearly to `lr` ((step + 1) / W, so no iteration is wasted
-    at 0), and it is multiplied by `gamma` once for every milestone at or before `step`."""
+    at 0; step / W with `warmup_from_zero`, as open_lth), and it is multiplied by `gamma` once for every milestone at or before `step`."""
     return _rate(cfg, step, *_points(cfg, steps_per_epoch))
 
 

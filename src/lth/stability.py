@@ -27,10 +27,10 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from lth.config import Config, ConfigError
-from lth.data import Splits, load_splits
+from lth.data import Splits, splits_for
 from lth.engine import StateDict, evaluate_model
 from lth.masks import Masks
-from lth.models import build_model
+from lth.models import model_for
 from lth.rundir import RunDir, RunDirError, atomic_write, claimed
 from lth.seeds import derive_seed, study_seeds
 from lth.schedule import is_constant
@@ -67,7 +67,7 @@ def interpolate(a: StateDict, b: StateDict, alpha: float, masks: Masks) -> State
 
 def error_path(config: Config, a: StateDict, b: StateDict, masks: Masks, splits: Splits, points: int) -> list[float]:
     """Test error at `points` evenly spaced points from a to b, evaluated as training evaluates."""
-    model = build_model(config.model, 0).to(splits.test_x.device)
+    model = model_for(config, 0).to(splits.test_x.device)
     errors = []
     for i in range(points):
         model.load_state_dict(interpolate(a, b, i / (points - 1), masks))
@@ -120,7 +120,7 @@ def train_copies(config: Config, masks: Masks, start: StateDict, seeds: Sequence
     for group in [g for gs in pending.values() for g in ([gs] if together else [[i] for i in gs])]:
         members = []
         for i in group:
-            model = build_model(config.model, 0)
+            model = model_for(config, 0)
             model.load_state_dict(start)
 
             def on_eval(state: RoundState, i: int = i) -> None:
@@ -142,7 +142,7 @@ def replay_round0(config: Config, run: RunDir, splits: Splits, steps: Sequence[i
     init, last = _load(run, run.init), max(steps)
     out = {0: init}
     if last:
-        model = build_model(config.model, 0)
+        model = model_for(config, 0)
         model.load_state_dict(init)
         wanted = set(steps)
 
@@ -198,7 +198,7 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
         raise ConfigError(f"lth stability: {'rewind ' + config.rewind if config.rewind_step is not None else '--rewind-sweep'} is not supported "
                           "for studies with a learning-rate schedule, SGD or optimizer-state rewinding yet; measure from the rounds' own "
                           "rewind points of an init/epoch:K/lr/best/final/reinit study")
-    per_epoch = steps_per_epoch(config.data.train_size or 45000, config.train.batch_size)
+    per_epoch = steps_per_epoch(config.data.train_images, config.train.batch_size)
     length = {r: config.train.round_length(r, per_epoch) for r in rounds}
     if sweep:  # (round, label, iteration of round 0 it starts from, iterations to train)
         if bad := [k for k in sweep if not 0 <= k < min(config.train.round_length(0, per_epoch), *length.values())]:
@@ -218,9 +218,7 @@ def run_stability(run_dir: str | os.PathLike, rounds: Sequence[int] | None = Non
     dev = resolve_device(device or config.device)
     together = dev.type == "cuda" if together is None else together
     with claimed(run), stop_on_signals() as stop:  # SIGTERM/SIGINT: the copies' position is saved at the next iteration
-        d = config.data
-        splits = load_splits(recorded_data_dir(run, data_dir), device=dev, train_size=d.train_size, val_size=d.val_size,
-                             test_size=d.test_size) if todo else None
+        splits = splits_for(config.data, recorded_data_dir(run, data_dir), dev) if todo else None
         if splits is not None:  # the data the run was trained on, as a resume finds it
             check_same_data(run, splits)
         starts = replay_round0(config, run, splits, [k for _, _, k, _ in todo]) if sweep and todo else {}

@@ -21,13 +21,13 @@ import torch
 from lth import __version__
 from lth import config as cfgmod
 from lth.config import Config, ConfigError
-from lth.data import Splits, load_splits
+from lth.data import Splits, splits_for
 from lth.energy import EnergyMeter, EnergyReading, make_meter
 from lth.engine import use_graphs
 from lth.layout import bf16_warning
 from lth.layout import choose as choose_layout
 from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
-from lth.models import build_model, layer_types
+from lth.models import layer_types, model_for
 from lth.progress import Progress
 from lth.pruning import CRITERIA, next_masks, prune_counts
 from lth.rundir import RunDir, RunDirError, claimed, prepare
@@ -140,8 +140,7 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
     with contextlib.ExitStack() as stack:
         for run in runs:
             stack.enter_context(claimed(run, force))
-        d = first.data
-        splits = load_splits(data_dir, device=device, train_size=d.train_size, val_size=d.val_size, test_size=d.test_size)
+        splits = splits_for(first.data, data_dir, device)
         studies = [Study.open(run, c, splits, execution) for run, c in zip(runs, configs)]
         for study in studies:
             stack.callback(study.meter.close)
@@ -207,13 +206,14 @@ def _run_rounds(studies: list[Study], progress: bool | None, stop: StopRequest) 
 
 
 def pruning_plan(config: Config, model: torch.nn.Module) -> tuple[list[str], dict[str, float] | None]:
-    """The tensors a study prunes (the output layer only if given a rate, as F&C do), and their
+    """The tensors a study prunes (the output layer only if given a rate, as F&C do, or
+    `include_output`, as open_lth's ResNet-20), and their
     rates for scope "layer" (own, else the layer type's, else `fraction`; None: one global rate)."""
     p, types = config.prune, layer_types(model)
     unknown = sorted(set(p.layer_rates) - set(types))
     if unknown:
         raise ConfigError(f"prune.layer_rates: {unknown[0]!r} is not a conv/dense weight of {config.model}; choose from {', '.join(types)}")
-    rates = {n: p.layer_rates.get(n, p.rates.get(kind, p.fraction if kind != "output" else 0.0)) for n, kind in types.items()}
+    rates = {n: p.layer_rates.get(n, p.rates.get(kind, p.fraction if kind != "output" or p.include_output else 0.0)) for n, kind in types.items()}
     names = [n for n, kind in types.items() if kind != "output" or rates[n] > 0]
     return names, ({n: rates[n] for n in names} if p.scope == "layer" else None)
 
@@ -225,7 +225,7 @@ def rewind_weights(config: Config, r: int, run: RunDir, init: dict[str, torch.Te
     if config.rewind_epoch is not None or config.rewind_step is not None:
         return run.load(run.rewind_point)
     if config.rewind == "reinit":
-        return build_model(config.model, reinit_seed(config.seed, r)).state_dict()
+        return model_for(config, reinit_seed(config.seed, r)).state_dict()
     # "best"/"final": fine-tuning; "lr": learning-rate rewinding (the final weights, the schedule from its start)
     return run.load(run.checkpoint(r - 1, "final" if config.rewind == "lr" else config.rewind))
 
@@ -285,7 +285,7 @@ class Study:
     def open(cls, run: RunDir, config: Config, splits: Splits, execution: dict[str, Any] | None = None) -> Study:
         """Set a claimed run directory up (config, manifest, θ0 on first use) with its committed rounds."""
         seeds = study_seeds(config.seed)
-        model = build_model(config.model, seeds["init_seed"])
+        model = model_for(config, seeds["init_seed"])
         names, rates = pruning_plan(config, model)
         matched = _matched_counts(config, names, run)
         if not run.config.exists():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lth.config import TrainConfig
-from lth.data import Splits
+from lth.data import Splits, input_transform
 from lth.engine import Engine, GraphedStep, ModuleEngine, StackedEngine, StateDict, eager_step, numerics, use_graphs
 from lth.schedule import round_schedule
 from lth.seeds import epoch_augmentation, epoch_order
@@ -147,11 +147,12 @@ def train_rounds(members: Sequence[Member], splits: Splits, cfg: TrainConfig, ro
     if len({m.fine_tune for m in members}) > 1:
         raise ValueError("studies trained together must share one learning-rate schedule (fine-tuning or not)")
     graphed = use_graphs(cfg.engine, device)
+    prepare = input_transform(splits.normalization, device)
     with numerics(cfg.tf32, device):
         if len(members) == 1:
-            engine: Engine = ModuleEngine(members[0].model, members[0].masks, cfg, device, capturable=graphed)
+            engine: Engine = ModuleEngine(members[0].model, members[0].masks, cfg, device, capturable=graphed, prepare=prepare)
         else:
-            engine = StackedEngine([m.model for m in members], [m.masks for m in members], cfg, device, capturable=graphed)
+            engine = StackedEngine([m.model for m in members], [m.masks for m in members], cfg, device, capturable=graphed, prepare=prepare)
         if all(resumed):
             engine.load_weights([r.model for r in resumed])  # type: ignore[union-attr]
             engine.load_optimizer([r.optimizer for r in resumed])  # type: ignore[union-attr]
@@ -179,6 +180,10 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[..., None], 
     learning_rate = round_schedule(cfg, per_epoch, total, members[0].fine_tune)
     augment, augments = cfg.augment != "none", None
     every = cfg.eval_interval(per_epoch)
+    # Without a validation split (open_lth's way) the evaluations watch the test set, as
+    # open_lth's do, and choose nothing: the best weights are the last evaluated, the final ones.
+    validates = splits.validates
+    watched, prefix = ((splits.val_x, splits.val_y), "val") if validates else ((splits.test_x, splits.test_y), "test")
     check_every = 1 if splits.train_x.device.type == "cpu" else FINITE_CHECK_EVERY_CUDA
     order_epoch, orders = -1, torch.empty(0)
     seen, started = states[0].partial.get("seen", 0), time.perf_counter()
@@ -208,18 +213,20 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[..., None], 
             if member.snapshots is not None:
                 member.snapshots(done, partial(engine.state, i), partial(engine.optimizer_state, i))
         if done % every == 0 or done == total:
-            evaluations = engine.evaluate(splits.val_x, splits.val_y, cfg.eval_batch_size)
+            evaluations = engine.evaluate(*watched, cfg.eval_batch_size)
             loss_sums, corrects = engine.loss_sum.tolist(), engine.correct.tolist()
             seconds = time.perf_counter() - started
             for i, (member, state, (val_loss, val_acc)) in enumerate(zip(members, states, evaluations)):
                 weights = engine.state(i)
                 if not (math.isfinite(loss_sums[i]) and math.isfinite(val_loss) and all(torch.isfinite(v).all() for v in weights.values())):
                     raise diverged(i, done, f"a non-finite training loss ({loss_sums[i] / seen}), validation loss ({val_loss}) or weight")
-                if val_loss < state.best_val_loss:
+                if not validates:
+                    state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, math.nan, math.nan
+                elif val_loss < state.best_val_loss:
                     state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, val_loss, val_acc
                 state.history.append({"round": round_index, "epoch": math.ceil(done / per_epoch), "step": done,
                                       "train_loss": loss_sums[i] / seen, "train_acc": corrects[i] / seen,
-                                      "val_loss": val_loss, "val_acc": val_acc, "seconds": seconds})
+                                      f"{prefix}_loss": val_loss, f"{prefix}_acc": val_acc, "seconds": seconds})
                 state.steps_done, state.model, state.optimizer, state.partial = done, weights, engine.optimizer_state(i), {}
                 if member.on_eval is not None:
                     member.on_eval(state)
@@ -241,7 +248,7 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[..., None], 
     return [
         RoundOutcome(best=s.best, final=final, best_step=s.best_step, best_epoch=math.ceil(s.best_step / per_epoch),
                      best_val_loss=s.best_val_loss, best_val_acc=s.best_val_acc,
-                     final_val_loss=s.history[-1]["val_loss"], final_val_acc=s.history[-1]["val_acc"],
+                     final_val_loss=s.history[-1].get("val_loss", math.nan), final_val_acc=s.history[-1].get("val_acc", math.nan),
                      test_acc_best=acc_b, test_acc_final=acc_f, test_loss_best=loss_b, test_loss_final=loss_f, history=s.history)
         for s, final, (loss_f, acc_f), (loss_b, acc_b) in zip(states, finals, test_final, test_best)
     ]

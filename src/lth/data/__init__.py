@@ -1,245 +1,155 @@
-"""CIFAR-10: find, download, verify, load and split (DESIGN §1 "Data", §7). Disk and network stay in
-``ensure_cifar10`` and ``load_batch``; splitting and slicing are pure. Images stay uint8 until
-``to_float`` runs on the training device, so a quarter of the bytes cross."""
+"""The data sets (DESIGN §1 "Data", §7): CIFAR-10, CIFAR-100, MNIST and Fashion-MNIST, each found
+in its official layout under the data folder, downloaded and verified if absent, loaded, split
+and sliced. Disk and network stay in `lth.data.fetch` and the format readers (`lth.data.cifar`,
+`lth.data.idx`); splitting and slicing are pure. Images stay uint8 until `to_float` runs on the
+training device, so a quarter of the bytes cross."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
-import pickle
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1.x
-    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+from lth.config import DataConfig
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-BATCHES_DIRNAME = "cifar-10-batches-py"
-DATA_ENV_VAR = "LTH_DATA_DIR"
+from lth.data.cifar import (BATCHES_DIRNAME, CIFAR10_MD5, CIFAR10_URL, CIFAR100_DIRNAME, CIFAR100_FILES, CIFAR100_MD5, CIFAR100_URL,
+                            META_FILE, REQUIRED_FILES, TEST_FILE, TRAIN_FILES, load_batch, load_cifar10, load_cifar100)
+from lth.data.fetch import DATA_ENV_VAR, DataError, download_verified, install, resolve_data_dir, safe_extract
+from lth.data.idx import FILES as IDX_FILES
+from lth.data.idx import load_idx_set
 
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILE = "test_batch"
-META_FILE = "batches.meta"
-REQUIRED_FILES = (*TRAIN_FILES, TEST_FILE, META_FILE)
+__all__ = [
+    "BATCHES_DIRNAME", "DATASETS", "DATA_ENV_VAR", "DataError", "Dataset", "META_FILE", "REQUIRED_FILES", "Splits", "TEST_FILE",
+    "TRAIN_FILES", "crop_flip", "ensure", "ensure_cifar10", "find_batches_dir", "fingerprint", "load_batch", "load_cifar10",
+    "input_transform", "load_splits", "splits_for", "resolve_data_dir", "split_train_val", "to_float",
+]
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (3, 32, 32)
-ROW_SIZE = 3 * 32 * 32
-ROWS_PER_BATCH = 10_000
 VAL_SIZE = 5_000
+# open_lth's ImageNet normalisation of CIFAR (torchvision's ImageNet mean and std).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(Exception):
-    """A data problem the user can fix; the message is one line naming the file and the fix."""
+@dataclass(frozen=True)
+class Dataset:
+    """A data set as lth knows it: where its official files live and what they hold."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))  # wrapped exception texts may span lines
+    name: str
+    title: str
+    folder: str  # the official folder name under the data folder (Debian's for Fashion-MNIST)
+    files: tuple[str, ...]  # what a complete folder holds
+    shape: tuple[int, int, int]  # channels, height, width
+    classes: dict[str, int]  # label set → class count ("fine" for all; CIFAR-100 has "coarse" too)
+    train: int  # images in the official training set (validation is held out from it)
+    test: int
+    mean: tuple[float, ...]  # per channel, of the training images in [0, 1]: `data.normalize = "dataset"`
+    std: tuple[float, ...]
+    urls: tuple[str, ...]  # an archive's URL (mirrors), or base URLs (mirrors) the files sit under
+    md5: dict[str, str]  # the published MD5 of each downloaded file
+    read: Callable[[Path, str], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(repr=False)
+    archive: bool = False  # one tar.gz holding `folder`, else the files one by one
 
+    def missing(self, directory: Path) -> list[str]:
+        return [name for name in self.files if not (directory / name).is_file()]
 
-def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The data folder: the argument, else $LTH_DATA_DIR, else the per-user cache (one download per machine).
-    Made absolute here, where it is read, so a later chdir or subprocess cannot re-interpret it."""
-    if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(DATA_ENV_VAR) or Path(platformdirs.user_cache_dir("lth")) / "data"
-    return Path(data_dir).expanduser().resolve()
-
-
-def _missing(directory: Path) -> list[str]:
-    return [name for name in REQUIRED_FILES if not (directory / name).is_file()]
-
-
-def find_batches_dir(root: Path) -> Path | None:
-    """The complete batches dir under ``root`` or ``root`` itself (users point at either), else None."""
-    root = Path(root)
-    return next((d for d in (root / BATCHES_DIRNAME, root) if not _missing(d)), None)
-
-
-def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
-    """Return the batches dir under ``root``, downloading, MD5-checking and extracting it if needed.
-    The work happens in a temporary folder inside ``root``, moved into place with one ``os.rename``, so
-    an interrupted run leaves either nothing or a complete folder."""
-    root = Path(root)
-    if (found := find_batches_dir(root)) is not None:
-        return found
-    target = root / BATCHES_DIRNAME
-    if target.exists():
-        raise DataError(f"{target} is incomplete (missing {', '.join(_missing(target))}); delete it to "
-                        f"re-download, or point --data-dir / {DATA_ENV_VAR} at a complete copy")
-    if not download:
-        raise DataError(f"CIFAR-10 not found in {root} (expected {BATCHES_DIRNAME}/ with {', '.join(REQUIRED_FILES)}); "
-                        f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has it, or allow downloading")
-
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".lth-cifar10-", dir=root, ignore_cleanup_errors=True) as tmp:
-        work = Path(tmp)
-        archive = work / "cifar-10-python.tar.gz"
-        digest = _download(url, archive)
-        if digest != md5.lower():
-            raise DataError(f"MD5 mismatch for {url}: got {digest}, expected {md5}; "
-                            "the download is corrupt or not CIFAR-10, retry or fetch it by hand")
-        _safe_extract(archive, work / "extracted", source=url)
-        extracted = work / "extracted" / BATCHES_DIRNAME
-        if _missing(extracted):
-            raise DataError(f"archive from {url} has no complete {BATCHES_DIRNAME}/ folder; "
-                            "check the URL points at the CIFAR-10 python archive")
-        try:
-            os.rename(extracted, target)
-        except OSError as exc:
-            if _missing(target):  # else another process finished the same download first: use its copy
-                raise DataError(f"cannot move the extracted data to {target}: {exc}; check that folder") from exc
-        return target
+    def find(self, root: Path) -> Path | None:
+        """The complete folder under `root`, or `root` itself (users point at either), else None."""
+        return next((d for d in (Path(root) / self.folder, Path(root)) if not self.missing(d)), None)
 
 
-def _download(url: str, dest: Path) -> str:
-    """Stream ``url`` to ``dest`` with a progress bar; return the hex MD5 of what was written."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    try:
-        with urllib.request.urlopen(url) as response, open(dest, "wb") as out:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc="Downloading CIFAR-10", disable=None, leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    md5.update(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataError(f"could not download {url}: {exc}; check the network, or download the archive "
-                        f"yourself and point --data-dir / {DATA_ENV_VAR} at the extracted folder") from exc
-    return md5.hexdigest()
-
-
-def _safe_extract(archive: Path, dest: Path, source: str) -> None:
-    """Extract only plain files and folders that stay inside ``dest``; the stdlib 'data' filter is a second guard."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                path = PurePosixPath(member.name)
-                if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
-                    raise DataError(f"unsafe path {member.name!r} in archive {source}; refusing to extract it")
-                if not (member.isfile() or member.isdir()):
-                    raise DataError(f"archive {source} has a link or special file {member.name!r}; "
-                                    "refusing to extract it")
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, members=members, filter="data")
-            else:  # pragma: no cover - Python without PEP 706 backports
-                tar.extractall(dest, members=members)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DataError(f"cannot extract archive from {source}: {exc}; "
-                        "the archive is damaged or unsafe, retry the download") from exc
-
-
-# The only globals a CIFAR-10 batch references: numpy's ndarray-rebuilding pieces under numpy 1 (official
-# archive) and numpy 2 (re-pickled) names, mapped to objects so numpy 2 never warns about numpy.core.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("cifar10", "CIFAR-10", BATCHES_DIRNAME, REQUIRED_FILES, (3, 32, 32), {"fine": 10}, 50_000, 10_000,
+                       (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), (CIFAR10_URL,), {"cifar-10-python.tar.gz": CIFAR10_MD5},
+                       lambda folder, labels: load_cifar10(folder), archive=True),
+    "cifar100": Dataset("cifar100", "CIFAR-100", CIFAR100_DIRNAME, CIFAR100_FILES, (3, 32, 32), {"fine": 100, "coarse": 20}, 50_000, 10_000,
+                        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (CIFAR100_URL,), {"cifar-100-python.tar.gz": CIFAR100_MD5},
+                        load_cifar100, archive=True),
+    "mnist": Dataset("mnist", "MNIST", "mnist", tuple(IDX_FILES.values()), (1, 28, 28), {"fine": 10}, 60_000, 10_000, (0.1307,), (0.3081,),
+                     ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
+                     {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                      "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3", "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+                     lambda folder, labels: load_idx_set(folder, "MNIST")),
+    "fashion-mnist": Dataset("fashion-mnist", "Fashion-MNIST", "fashion-mnist", tuple(IDX_FILES.values()), (1, 28, 28), {"fine": 10}, 60_000, 10_000,
+                             (0.2860,), (0.3530,), ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+                             {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                              "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79", "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+                             lambda folder, labels: load_idx_set(folder, "Fashion-MNIST")),
 }
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and nothing else: pickle can run code, a batch file must not."""
-
-    def __init__(self, file: Any, path: Path) -> None:
-        super().__init__(file, encoding="bytes")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise DataError(f"{self._path}: refusing forbidden global {module}.{name} in pickle; "
-                            "the file is not a CIFAR-10 batch, delete it and re-download")
-        return _ALLOWED_GLOBALS[(module, name)]
+def dataset(name: str) -> Dataset:
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
-def load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one batch file: uint8 images (N, 3, 32, 32) and int64 labels (N,). Any row
-    count is accepted (``load_cifar10`` insists on 10,000) so small test batches load."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            obj = _BatchUnpickler(f, path).load()
-    except DataError:
-        raise
-    except FileNotFoundError as exc:
-        raise DataError(f"{path} is missing; re-download CIFAR-10 or fix --data-dir / {DATA_ENV_VAR}") from exc
-    except Exception as exc:  # a corrupt pickle can fail in many ways; all mean "bad file"
-        raise DataError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-                        "delete it and re-download") from exc
+def ensure(name: str, root: Path, download: bool = True, urls: Sequence[str] | None = None, md5: dict[str, str] | None = None) -> Path:
+    """The complete folder of data set `name` under `root`, downloaded (MD5-checked) and put in
+    place first if it is absent. `urls`/`md5` replace the official ones (tests; a local mirror)."""
+    spec, root = dataset(name), Path(root)
+    if (found := spec.find(root)) is not None:
+        return found
+    target = root / spec.folder
+    if target.exists():
+        raise DataError(f"{target} is incomplete (missing {', '.join(spec.missing(target))}); delete it to "
+                        f"re-download, or point --data-dir / {DATA_ENV_VAR} at a complete copy")
+    if not download:
+        raise DataError(f"{spec.title} not found in {root} (expected {spec.folder}/ with {', '.join(spec.files)}); "
+                        f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has it, or allow downloading")
+    urls, md5 = tuple(urls or spec.urls), dict(md5 or spec.md5)
 
-    def bad(problem: str) -> DataError:
-        return DataError(f"{path}: {problem}; not a valid CIFAR-10 batch, delete it and re-download")
+    def fill(work: Path) -> Path:
+        if spec.archive:
+            (archive_name, digest), = md5.items()
+            archive = work / archive_name
+            download_verified(urls, digest, archive, spec.title)
+            safe_extract(archive, work / "extracted", source=urls[0])
+            return work / "extracted" / spec.folder
+        (work / spec.folder).mkdir()
+        for file_name, digest in md5.items():
+            download_verified([u.rstrip("/") + "/" + file_name for u in urls], digest, work / spec.folder / file_name, spec.title)
+        return work / spec.folder
 
-    if not isinstance(obj, dict):
-        raise bad(f"expected a dict, got {type(obj).__name__}")
-    if b"data" not in obj or b"labels" not in obj:
-        raise bad(f"missing key b'data' or b'labels' (keys: {sorted(map(repr, obj))})")
-    data, labels = obj[b"data"], obj[b"labels"]
-    if not isinstance(data, np.ndarray):
-        raise bad(f"b'data' is a {type(data).__name__}, expected a numpy array")
-    if data.dtype != np.uint8:
-        raise bad(f"b'data' has dtype {data.dtype}, expected uint8")
-    if data.ndim != 2 or data.shape[1] != ROW_SIZE:
-        raise bad(f"b'data' has shape {data.shape}, expected (N, {ROW_SIZE})")
-    if not isinstance(labels, list):
-        raise bad(f"b'labels' is a {type(labels).__name__}, expected a list of ints")
-    if any(type(v) is not int for v in labels):
-        raise bad("b'labels' holds a non-int value")
-    if len(labels) != data.shape[0]:
-        raise bad(f"{len(labels)} labels for {data.shape[0]} images")
-    if labels and not (0 <= min(labels) and max(labels) < NUM_CLASSES):
-        raise bad(f"labels span {min(labels)}..{max(labels)}, expected 0..{NUM_CLASSES - 1}")
-    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), np.asarray(labels, dtype=np.int64)
+    return install(root, target, fill, spec.missing, spec.title)
 
 
-def load_cifar10(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train_x, train_y, test_x, test_y); each batch must hold 10,000 rows, so a truncated copy cannot pass."""
-    parts = []
-    for name in (*TRAIN_FILES, TEST_FILE):
-        path = Path(batches_dir) / name
-        x, y = load_batch(path)
-        if len(x) != ROWS_PER_BATCH:
-            raise DataError(f"{path}: {len(x)} rows, expected {ROWS_PER_BATCH}; "
-                            "the copy is incomplete, delete it and re-download")
-        parts.append((x, y))
-    test_x, test_y = parts.pop()
-    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), test_x, test_y
+def find_batches_dir(root: Path) -> Path | None:
+    """CIFAR-10's batches folder under `root` or `root` itself, else None."""
+    return DATASETS["cifar10"].find(root)
 
 
-# Decode once per resolved folder and process: unpickling 180 MB takes seconds; tests and studies reload often.
-_load_cifar10_cached = functools.lru_cache(maxsize=2)(load_cifar10)
+def ensure_cifar10(root: Path, download: bool = True, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
+    """CIFAR-10's batches folder under `root`, downloaded and extracted if needed."""
+    return ensure("cifar10", root, download, urls=[url], md5={"cifar-10-python.tar.gz": md5})
 
 
-@functools.lru_cache(maxsize=2)
-def fingerprint(batches_dir: Path) -> str:
-    """A digest of the decoded images and labels (not of the files, so a re-pickled copy of the
-    same data matches): what a run records, so that resuming on another data set is refused."""
+# Decode once per folder, label set and process: decoding takes seconds; tests and studies reload often.
+@functools.lru_cache(maxsize=4)
+def _decoded(name: str, folder: Path, labels: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return DATASETS[name].read(folder, labels)
+
+
+@functools.lru_cache(maxsize=4)
+def fingerprint(folder: Path, name: str = "cifar10", labels: str = "fine") -> str:
+    """A digest of the decoded images and labels (not of the files, so a re-pickled or
+    re-compressed copy of the same data matches): what a run records, so that resuming on
+    other data is refused."""
     digest = hashlib.sha256()
-    for array in _load_cifar10_cached(batches_dir):
+    for array in _decoded(name, folder, labels):
         digest.update(np.ascontiguousarray(array).data)
     return "sha256:" + digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensor comparison has no single truth value
 class Splits:
-    """Train / validation / test tensors on the training device: images uint8 NCHW, labels int64."""
+    """Train / validation / test tensors on the training device: images uint8 NCHW, labels int64.
+    An empty validation split (`data.validation = 0`) means none: the best weights are the final ones."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -247,40 +157,71 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    source: Path | None = None  # the batches folder they came from, and its `fingerprint`
+    source: Path | None = None  # the folder they came from, and its `fingerprint`
     fingerprint: str = ""
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) applied after /255
+
+    @property
+    def validates(self) -> bool:
+        return self.val_x.shape[0] > 0
 
 
 def split_train_val(train_x: np.ndarray, train_y: np.ndarray,
                     val_size: int = VAL_SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Keras ``validation_split``: the LAST ``val_size`` rows validate; no shuffling, as in the seed study."""
+    """Keras ``validation_split``: the LAST ``val_size`` rows validate, no shuffling, as in the
+    seed study; 0 holds nothing out (open_lth)."""
     if len(train_x) != len(train_y):
         raise ValueError(f"{len(train_x)} images but {len(train_y)} labels")
-    if not 0 < val_size < len(train_x):
-        raise ValueError(f"val_size must be in 1..{len(train_x) - 1}, got {val_size}")
+    if not 0 <= val_size < len(train_x):
+        raise ValueError(f"val_size must be in 0..{len(train_x) - 1}, got {val_size}")
     cut = len(train_x) - val_size
     return train_x[:cut], train_y[:cut], train_x[cut:], train_y[cut:]
 
 
+def normalization(name: str, normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) of `data.normalize`: "none" (only /255), "dataset" (its training set's own),
+    "imagenet" (open_lth's for CIFAR: ImageNet's)."""
+    if normalize == "none":
+        return None
+    if normalize == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return DATASETS[name].mean, DATASETS[name].std
+
+
 def load_splits(data_dir: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
                 train_size: int | None = None, val_size: int | None = None, test_size: int | None = None,
-                download: bool = True) -> Splits:
-    """Resolve, fetch if needed, load and split CIFAR-10 (45k / 5k / 10k) onto ``device``. The optional
-    sizes keep the first rows of each part (None = all) for quick smoke runs; the split itself never
-    changes, so a smoke run still validates on real validation images."""
-    batches_dir = ensure_cifar10(resolve_data_dir(data_dir), download=download)
-    train_x, train_y, test_x, test_y = _load_cifar10_cached(batches_dir.resolve())
-    tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, VAL_SIZE)
+                download: bool = True, dataset: str = "cifar10", validation: int = VAL_SIZE, labels: str = "fine",
+                normalize: str = "none") -> Splits:
+    """Resolve, fetch if needed, load and split a data set onto ``device``: the last `validation`
+    training images validate. The optional sizes keep the first rows of each part (None = all)
+    for quick smoke runs; the split itself never changes, so a smoke run still validates on real
+    validation images."""
+    spec = DATASETS[dataset]
+    folder = ensure(dataset, resolve_data_dir(data_dir), download=download).resolve()
+    train_x, train_y, test_x, test_y = _decoded(dataset, folder, labels)
+    if not 0 <= validation < len(train_x):
+        raise DataError(f"data.validation={validation} is out of range for {spec.title}; choose 0..{len(train_x) - 1}")
+    tr_x, tr_y, va_x, va_y = split_train_val(train_x, train_y, validation)
     dev = torch.device(device)
 
     def head(x: np.ndarray, y: np.ndarray, n: int | None, what: str) -> list[torch.Tensor]:
         if n is not None and not 1 <= n <= len(x):
-            raise DataError(f"{what}={n} is out of range; choose 1..{len(x)} (or leave it unset for all)")
+            raise DataError(f"{what}={n} is out of range for {spec.title}; choose 1..{len(x)} (or leave it unset for all)")
         # copy=True: the cached arrays must never alias tensors a caller may modify in place.
         return [torch.from_numpy(a[:n]).to(dev, copy=True) for a in (x, y)]
 
-    return Splits(*head(tr_x, tr_y, train_size, "train_size"), *head(va_x, va_y, val_size, "val_size"),
-                  *head(test_x, test_y, test_size, "test_size"), source=batches_dir.resolve(), fingerprint=fingerprint(batches_dir.resolve()))
+    if val_size is not None and validation == 0:
+        raise DataError("data.val_size needs a validation split; data.validation is 0 (none): leave val_size unset")
+    return Splits(*head(tr_x, tr_y, train_size, "train_size"), *head(va_x, va_y, val_size if validation else None, "val_size"),
+                  *head(test_x, test_y, test_size, "test_size"), source=folder, fingerprint=fingerprint(folder, dataset, labels),
+                  normalization=normalization(dataset, normalize))
+
+
+def splits_for(data: DataConfig, data_dir: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu",
+               download: bool = True) -> Splits:
+    """`load_splits` as a config's `data` table says."""
+    return load_splits(data_dir, device, data.train_size, data.val_size, data.test_size, download, data.dataset, data.validation,
+                       data.labels, data.normalize)
 
 
 def crop_flip(images_uint8: torch.Tensor, params: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -304,3 +245,15 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images_uint8.dtype}")
     return images_uint8.float().div_(255)
+
+
+def input_transform(normalization: tuple[tuple[float, ...], tuple[float, ...]] | None,
+                    device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 images → the model's input: `to_float`, then, with a `normalization`, minus its
+    per-channel mean, over its std. Applied after the crop's zero padding, as open_lth's
+    transforms do, so the border holds a black pixel's value. The constants are made on the
+    device once, here (a CUDA graph cannot copy from the host while it captures)."""
+    if normalization is None:
+        return to_float
+    mean, std = (torch.tensor(v, device=device, dtype=torch.float32).view(-1, 1, 1) for v in normalization)
+    return lambda images_uint8: to_float(images_uint8).sub_(mean).div_(std)
