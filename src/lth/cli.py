@@ -233,14 +233,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     keys = " ".join(f"--{k}" for k in dotted_keys())
-    parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket / high-movement pruning studies on CIFAR-10.")
+    parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket / high-movement pruning studies on CIFAR-10, CIFAR-100, MNIST and Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"lth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a study", epilog=f"Any config key can be overridden: {keys}")
     _add_config_args(run)
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<preset>-<config hash>)")
-    run.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (else $LTH_DATA_DIR, else a user cache dir; downloaded if missing)")
+    run.add_argument("--data-dir", metavar="DIR", help="the data folder holding the data set in its official layout (else $LTH_DATA_DIR, else a user cache dir; downloaded if missing)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run already in --out")
     mode.add_argument("--force", action="store_true", help="DESTRUCTIVE: delete the run already in --out and start over")
@@ -251,7 +251,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", help="continue an interrupted study from its last completed epoch")
     resume.add_argument("run_dir", metavar="DIR", help="the run directory to continue")
-    resume.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (default: the folder recorded in the run's manifest)")
+    resume.add_argument("--data-dir", metavar="DIR", help="the data folder (default: the folder recorded in the run's manifest)")
     resume.add_argument("--device", help="train on another device than recorded (cpu, cuda)")
     resume.add_argument("--train.lr", dest="train_lr", metavar="LR",
                         help="continue with this learning rate (after a divergence: the one change allowed, recorded in the manifest's history)")
@@ -279,7 +279,7 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--rounds", type=int, help="prune.rounds for every cell")
     cmp_.add_argument("--name", help="study name (default: <preset>-comparison)")
     cmp_.add_argument("--out", metavar="DIR", help="study directory (default: runs/<name>)")
-    cmp_.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (else $LTH_DATA_DIR, else a user cache dir; downloaded if missing)")
+    cmp_.add_argument("--data-dir", metavar="DIR", help="the data folder holding the data set in its official layout (else $LTH_DATA_DIR, else a user cache dir; downloaded if missing)")
     cmp_.add_argument("--no-report", action="store_true", help="run the cells only")
     cmp_.add_argument("--no-energy", action="store_true", help="do not track energy/CO2 in any cell")
     cmp_.add_argument("--parallel", type=int, default=1, metavar="K", help="train up to K compatible cells together on one device (default 1)")
@@ -310,7 +310,7 @@ def make_parser() -> argparse.ArgumentParser:
     stab.add_argument("--copies", type=int, default=2, metavar="K", help="copies per round, each with its own data order (default 2)")
     stab.add_argument("--points", type=int, default=30, metavar="N", help="points on the path between two copies, ends included (default 30)")
     stab.add_argument("--rewind-sweep", metavar="K,...", help="start from these iterations of round 0 instead of each round's rewind point")
-    stab.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 location (default: the folder recorded in the run's manifest)")
+    stab.add_argument("--data-dir", metavar="DIR", help="the data folder (default: the folder recorded in the run's manifest)")
     stab.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
     stab.set_defaults(func=_cmd_stability)
 

@@ -53,9 +53,14 @@ def group_lines(groups: Mapping[str, Sequence[Run]]) -> list[str]:
         c = runs[0].config
         t, p = c.train, c.prune
         length = f"{t.steps} iterations a round" if t.steps else f"{t.initial_epochs} epochs then {t.epochs} a round"
-        sizes = "/".join(str(s if s is not None else "full") for s in (c.data.train_size, c.data.val_size, c.data.test_size))
-        lines.append(f"- **{label}** — model {c.model}, {length}, data {sizes} (train/val/test), {_plural(p.rounds, 'pruning round')} of "
-                     f"{p.fraction} ({p.scope}); seed{'s' * (len(runs) > 1)} {', '.join(str(r.seed) for r in runs)}")
+        d = c.data
+        sizes = "/".join("none" if s == 0 else str(s if s is not None else "full") for s in (d.train_size, d.val_size if d.validation else 0, d.test_size))
+        amount = ", ".join(f"{k} {v:g}" for k, v in p.rates.items()) if p.scope == "layer" and p.rates else f"{p.fraction}"
+        lines.append(f"- **{label}** — model {c.model}, {length}, {d.dataset} {sizes} (train/val/test), {_plural(p.rounds, 'pruning round')} of "
+                     f"{amount} ({p.scope}); seed{'s' * (len(runs) > 1)} {', '.join(str(r.seed) for r in runs)}")
+        if not d.validation:
+            lines.append("  - no validation split (data.validation = 0, as open_lth): the evaluations watch the test set and choose "
+                         "nothing, so the early-stopping weights are the final ones")
         for run in runs:
             done = int(run.rounds["round"].max())
             status = f" — **incomplete**: rounds 0 to {done} of 0 to {p.rounds} done" if done < p.rounds else ""
