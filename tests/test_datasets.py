@@ -615,3 +615,21 @@ def test_config_refuses_coarse_labels_outside_cifar100():
     assert one_line(err).startswith("data.labels:") and "cifar100" in str(err.value)
     ok = cfgmod.apply_overrides(cfgmod.preset("quick"), {"data.dataset": "cifar100", "data.labels": "coarse"})
     assert ok.data.classes == 20
+
+
+def test_cli_lenet_quick_on_debians_fashion_mnist(fashion_dir, tmp_path):
+    """The issue's command, `lth run --preset lenet-quick --data.dataset fashion-mnist --data-dir
+    /usr/share/datasets`, cut to 300 iterations a round and 1 pruning round: LeNet trains on the
+    real files, round 1 prunes 20% of the hidden layers and 10% of the output layer."""
+    out = tmp_path / "run"
+    proc = lth_cli("run", "--preset", "lenet-quick", "--data.dataset", "fashion-mnist", "--data-dir", str(fashion_dir.parent),
+                   "--train.steps", "300", "--train.eval_every", "100", "--rounds", "1", "--no-energy", "--no-progress",
+                   "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import csv
+
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [int(r["weights_remaining"]) for r in rows] == [266_200, 188_160 + 24_000 + 900]
+    assert float(rows[0]["test_acc_best"]) > 0.6  # 300 Adam steps on real Fashion-MNIST: far above chance (0.1)
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["data"]["dataset"] == "fashion-mnist" and manifest["data"]["dir"] == str(fashion_dir)

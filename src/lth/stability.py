@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from lth.config import Config, ConfigError
-from lth.data import Splits, splits_for
+from lth.data import Splits, input_transform, splits_for
 from lth.engine import StateDict, evaluate_model
 from lth.masks import Masks
 from lth.models import model_for
@@ -68,11 +68,12 @@ def interpolate(a: StateDict, b: StateDict, alpha: float, masks: Masks) -> State
 def error_path(config: Config, a: StateDict, b: StateDict, masks: Masks, splits: Splits, points: int) -> list[float]:
     """Test error at `points` evenly spaced points from a to b, evaluated as training evaluates."""
     model = model_for(config, 0).to(splits.test_x.device)
+    prepare = input_transform(splits.normalization, splits.test_x.device)  # scaled as training scaled them
     errors = []
     for i in range(points):
         model.load_state_dict(interpolate(a, b, i / (points - 1), masks))
         with torch.autocast(splits.test_x.device.type, torch.bfloat16, enabled=config.train.precision == "bf16", cache_enabled=False):
-            errors.append(1.0 - evaluate_model(model, splits.test_x, splits.test_y, config.train.eval_batch_size)[1])
+            errors.append(1.0 - evaluate_model(model, splits.test_x, splits.test_y, config.train.eval_batch_size, prepare)[1])
     return errors
 
 

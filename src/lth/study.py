@@ -292,7 +292,7 @@ class Study:
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
                                 "device": str(splits.train_x.device), "seeds": seeds, "prunable": names,
-                                "data": {"dir": str(splits.source), "fingerprint": splits.fingerprint}, "execution": execution or {},
+                                "data": {"dataset": config.data.dataset, "dir": str(splits.source), "fingerprint": splits.fingerprint}, "execution": execution or {},
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         else:
             if problems := run.damage():
