@@ -1,6 +1,6 @@
 """How to fill a 2-core CPU with LeNet-300-100 studies: one study at a time (both threads), two
-processes at a time (one thread each), or K studies stacked in one process (the engine behind
-`--parallel K`). LeNet's steps are small matrix products, so a step is mostly overhead, and
+processes at a time (one thread each), K studies stacked in one process (the engine behind
+`--parallel K`), or two one-thread processes of K stacked studies each. LeNet's steps are small matrix products, so a step is mostly overhead, and
 stacking K studies into one batched product may pay on a CPU, unlike for the CNNs.
 
 Each contender trains real rounds with `train_rounds`, as a study does: Frankle & Carbin's
@@ -9,7 +9,7 @@ iterations) on real Fashion-MNIST, `--steps` iterations per study. Repeats are i
 drift on a noisy machine hits every contender alike; the table gives medians of study-iterations
 per second and their ratio to one study at a time.
 
-    python benchmarks/lenet_throughput.py --data-dir /usr/share/datasets [--steps 2000] [--repeats 3] [--stack 2,4,12]
+    python benchmarks/lenet_throughput.py --data-dir /usr/share/datasets [--steps 1000] [--repeats 3] [--stack 2,4,12] [--stack-per-process 6]
 """
 
 from __future__ import annotations
@@ -57,24 +57,26 @@ def _worker(args: tuple[int, int, int, str, object]) -> tuple[float, float]:
     return train(k, steps, threads, data_dir)
 
 
-def two_processes(steps: int, data_dir: str) -> float:
-    """Seconds from the first start to the last end of two one-thread processes, one study each."""
+def two_processes(steps: int, data_dir: str, k: int = 1) -> float:
+    """Seconds from the first start to the last end of two one-thread processes, K studies each."""
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         barrier = manager.Barrier(2)
         with context.Pool(2) as pool:
-            stamps = pool.map(_worker, [(1, steps, 1, data_dir, barrier)] * 2)
+            stamps = pool.map(_worker, [(k, steps, 1, data_dir, barrier)] * 2)
     return max(end for _, end in stamps) - min(start for start, _ in stamps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="the folder holding fashion-mnist/ (Debian: /usr/share/datasets)")
-    parser.add_argument("--steps", type=int, default=2000, help="iterations per study per repeat")
+    parser.add_argument("--steps", type=int, default=1000, help="iterations per study per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stack", default="2,4,12", help="K values for stacked studies")
+    parser.add_argument("--stack-per-process", default="6", help="K values for two one-thread processes of K stacked studies each")
     args = parser.parse_args()
     stacks = [int(k) for k in args.stack.split(",")]
+    per_process = [int(k) for k in args.stack_per_process.split(",") if k]
     rates: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         start, end = train(1, args.steps, 2, args.data_dir)
@@ -83,16 +85,18 @@ def main() -> None:
         for k in stacks:
             start, end = train(k, args.steps, 2, args.data_dir)
             rates.setdefault(f"{k} studies stacked, 2 threads", []).append(k * args.steps / (end - start))
+        for k in per_process:
+            rates.setdefault(f"2 processes × {k} stacked, 1 thread", []).append(2 * k * args.steps / two_processes(args.steps, args.data_dir, k))
         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     base = statistics.median(rates["1 study, 2 threads"])
     print(f"\nmachine: {cpu_name()}, {torch.get_num_threads()} threads available, torch {torch.__version__}, Python {platform.python_version()}")
     print(f"LeNet-300-100 on Fashion-MNIST, batch 60, {args.steps} iterations per study, validation every 100 on 5,000 images; "
           f"median of {args.repeats}\n")
-    print(f"| {'how':<30} | study-iterations/s | vs one at a time |")
-    print(f"|{'-' * 32}|-------------------:|-----------------:|")
+    print(f"| {'how':<34} | study-iterations/s | vs one at a time |")
+    print(f"|{'-' * 36}|-------------------:|-----------------:|")
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"| {name:<30} | {median:18.0f} | {median / base:15.2f}x |")
+        print(f"| {name:<34} | {median:18.0f} | {median / base:15.2f}x |")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,21 @@ def test_comparison_pairs_by_seed(built, study):
         assert row["sign_p"] == pytest.approx(1.0 if d[0] * d[1] < 0 else 0.5)
 
 
+def test_cli_baseline_chooses_the_group_paired_with(study, tmp_path):
+    """`lth report --baseline GROUP` pairs the others with GROUP; an unknown one is one line, exit 2, nothing written."""
+    def lth_report(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "lth", "report", str(study), *args], capture_output=True, text=True, timeout=300)
+
+    proc = lth_report("--out", str(tmp_path / "by-magnitude"), "--baseline", "magnitude / init")
+    assert proc.returncode == 0, proc.stderr
+    comp = pd.read_csv(tmp_path / "by-magnitude" / "comparison.csv")
+    assert set(comp["baseline"]) == {"magnitude / init"} and set(comp["group"]) == {"high-movement / init"}
+    bad = lth_report("--out", str(tmp_path / "nope"), "--baseline", "nope")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "lth: error: baseline 'nope' is not a group; groups: high-movement / init, magnitude / init"], bad.stderr
+    assert not (tmp_path / "nope").exists()
+
+
 def test_mask_agreement_csv_matches_masks(built, study):
     agree = pd.read_csv(built / "mask_agreement.csv")
     row = agree[(agree["seed"] == 1) & (agree["round"] == 2) & (agree["layer"] == "all")].iloc[0]

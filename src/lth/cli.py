@@ -186,7 +186,7 @@ def _cmd_verify(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
-    report_dir = write_report([Path(p) for p in args.paths], out=Path(args.out) if args.out else None)
+    report_dir = write_report([Path(p) for p in args.paths], out=Path(args.out) if args.out else None, baseline=args.baseline)
     print(f"report: {report_dir / 'report.md'}")
     return 0
 
@@ -298,6 +298,8 @@ def make_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="figures and tables from run or study directories")
     report.add_argument("paths", metavar="DIR", nargs="+", help="run directories, or a study directory")
     report.add_argument("--out", metavar="DIR", help="report directory (default: DIR/report, or the common parent's)")
+    report.add_argument("--baseline", metavar="GROUP", help="the group the others are paired with, as the report names it "
+                        "(default: the high-movement group, the seed's criterion)")
     report.set_defaults(func=_cmd_report)
 
     check = sub.add_parser("verify", help="check that runs are whole: files, checksums, masks, counts (exit 1 if not)")

@@ -134,9 +134,10 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
     graphs = use_graphs(first.train.engine, device)  # refuses "graph" on a CPU before writing anything
     configs, execution = _pin_execution(list(configs), runs, device)
     execution["engine"] = "graph" if graphs else "eager"
-    if device.type == "cpu" and len(configs) > 1:
-        print(f"lth: note: training {len(configs)} studies together on a CPU is slower than one after another "
-              "(0.78x measured for 2, benchmarks/cpu_throughput.py); --parallel is meant for GPUs", file=sys.stderr)
+    if device.type == "cpu" and len(configs) > 1 and any(isinstance(m, torch.nn.Conv2d) for m in model_for(first, 0).modules()):
+        # Convolutions gain nothing from stacking on a CPU; LeNet's small products do (benchmarks/lenet_throughput.py).
+        print(f"lth: note: training {len(configs)} studies of a convolutional network together on a CPU is slower than one after "
+              "another (0.78x measured for 2, benchmarks/cpu_throughput.py); --parallel is meant for GPUs", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         for run in runs:
             stack.enter_context(claimed(run, force))
