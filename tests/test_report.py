@@ -224,6 +224,30 @@ def test_cli_baseline_chooses_the_group_paired_with(study, tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+def test_pairs_are_formed_only_at_equal_density(study, tmp_path):
+    """A seed whose arm skipped a round (best == final) sits at another density from then on:
+    its rounds are not paired with the baseline's, and the report says how many were left out."""
+    study2 = tmp_path / "study"
+    shutil.copytree(study, study2, ignore=shutil.ignore_patterns("broken", "report"))
+    skipped = RunDir(study2 / "magnitude" / "seed-1").rounds  # seed 1's round 1 kept every weight: 2 at 80% from then on
+    rows = list(csv.DictReader(skipped.read_text().splitlines()))
+    for row in rows[1:]:
+        row["weights_remaining"] = str(int(int(row["weights_remaining"]) / 0.8))
+    with open(skipped, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = report.write_report([study2])
+    comp = pd.read_csv(out / "comparison.csv")
+    assert list(comp["n"]) == [2, 1, 1] and list(comp["dropped"]) == [0, 1, 1]
+    for _, row in comp[comp["round"] > 0].iterrows():  # the pair left is seed 0's, at equal density
+        a = float(_rows(study2 / "magnitude" / "seed-0")[row["round"]]["test_acc_best"])
+        b = float(_rows(study2 / "high-movement" / "seed-0")[row["round"]]["test_acc_best"])
+        assert row["mean_diff"] == pytest.approx(a - b)
+    text = (out / "report.md").read_text()
+    assert "2 pairs of a seed's rounds left out" in text and "magnitude / init round 1: 1; magnitude / init round 2: 1" in text
+
+
 def test_mask_agreement_csv_matches_masks(built, study):
     agree = pd.read_csv(built / "mask_agreement.csv")
     row = agree[(agree["seed"] == 1) & (agree["round"] == 2) & (agree["layer"] == "all")].iloc[0]

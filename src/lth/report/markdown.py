@@ -94,13 +94,20 @@ def comparison_lines(comparison: pd.DataFrame, baseline: str, n_groups: int) -> 
     if comparison.empty:
         return [f"No group shares a seed and a round with the baseline **{baseline}**; nothing to pair."
                 if n_groups > 1 else "One group only; nothing to compare.", ""]
+    formed = comparison[comparison["n"] > 0]
     rows = [[int(r["round"]), r["group"], f"{r['remaining_pct']:.1f} / {r['baseline_remaining_pct']:.1f}", int(r["n"]), _num(r["mean_diff"], "+.2f", 100),
              f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]" if math.isfinite(r["ci_low"]) else "–", _num(r["sign_p"], ".3g")]
-            for _, r in comparison.iterrows()]
+            for _, r in formed.iterrows()]
+    dropped = int(comparison["dropped"].sum()) if "dropped" in comparison else 0
+    note = ([f"{_plural(dropped, 'pair')} of a seed's rounds left out: the two arms had kept different numbers of weights "
+             "(a round that skipped pruning, best == final, leaves its arm at another density from then on); pairs are "
+             "formed only at equal density. Left out per group and round: "
+             + "; ".join(f"{r['group']} round {int(r['round'])}: {int(r['dropped'])}" for _, r in comparison[comparison["dropped"] > 0].iterrows())
+             + ".", ""] if dropped else [])
     return [f"Each group against **{baseline}**, paired over seeds: mean difference of test accuracy (early stopping) with a 95% "
             "Student-t CI, and an exact two-sided sign test (zero differences dropped). Differences in percentage points "
             "(group − baseline); the CI needs at least 2 seeds, and with n seeds the sign test cannot go below p = 2/2^n.", "",
-            *_table(["round", "group", "remaining % (group / baseline)", "n", "mean diff (pp)", "95% CI (pp)", "sign-test p"], rows)]
+            *_table(["round", "group", "remaining % (group / baseline)", "n", "mean diff (pp)", "95% CI (pp)", "sign-test p"], rows), *note]
 
 
 def agreement_lines(agreement: pd.DataFrame, n_groups: int) -> list[str]:

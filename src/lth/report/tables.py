@@ -147,19 +147,39 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     return {"n": n, "mean_diff": mean, "ci": None if half is None else (mean - half, mean + half), "sign_p": sign_p}
 
 
+EQUAL_DENSITY_RTOL = 1e-3  # two rounds are at "the same density" when their kept weights differ by at most 0.1%
+
+
 def compare_groups(groups: Groups, baseline: str, metric: str = "test_acc_best") -> pd.DataFrame:
-    """Each group against `baseline`, round by round, paired by seed on `metric`."""
+    """Each group against `baseline`, round by round, paired by seed on `metric`, and only where
+    both sides kept the same number of weights (within `EQUAL_DENSITY_RTOL`): a round that skipped pruning (high-movement's
+    best == final) leaves that seed's arm at another density from then on, and comparing
+    accuracies at different densities would mislead. Pairs left out for that are counted in
+    `dropped` (per group and round; also `attrs["dropped"]`, their total)."""
     if baseline not in groups:
         raise ReportError(f"baseline {baseline!r} is not a group; groups: {', '.join(groups)}")
-    table = long_table(groups)[["group", "seed", "round", metric, "remaining_pct"]]
+    density = "weights_remaining" if all("weights_remaining" in r.rounds for runs in groups.values() for r in runs) else "remaining_pct"
+    table = long_table(groups)[["group", "seed", "round", metric, "remaining_pct"] + ([density] if density != "remaining_pct" else [])]
     base = table[table["group"] == baseline].drop(columns="group")
-    rows = []
+    rows, dropped = [], 0
     for label in [g for g in groups if g != baseline]:
         for rnd, p in table[table["group"] == label].merge(base, on=["seed", "round"], suffixes=("", "_b")).groupby("round"):
+            # Within 0.1% of each other: per-layer and global rounding may differ by a weight or two,
+            # a skipped round by the whole rate.
+            equal = np.isclose(p[density].astype(float), p[f"{density}_b"].astype(float), rtol=EQUAL_DENSITY_RTOL, atol=0)
+            dropped += int((~equal).sum())
+            p = p[equal]
+            if p.empty:
+                rows.append([int(rnd), label, baseline, 0, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan, int((~equal).sum())])
+                continue
             res = paired_comparison(p[metric], p[f"{metric}_b"])
             low, high = res["ci"] or (np.nan, np.nan)
-            rows.append([int(rnd), label, baseline, res["n"], res["mean_diff"], low, high, res["sign_p"], p["remaining_pct"].mean(), p["remaining_pct_b"].mean()])
-    return pd.DataFrame(rows, columns=["round", "group", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sign_p", "remaining_pct", "baseline_remaining_pct"])
+            rows.append([int(rnd), label, baseline, res["n"], res["mean_diff"], low, high, res["sign_p"], p["remaining_pct"].mean(),
+                         p["remaining_pct_b"].mean(), int((~equal).sum())])
+    frame = pd.DataFrame(rows, columns=["round", "group", "baseline", "n", "mean_diff", "ci_low", "ci_high", "sign_p", "remaining_pct",
+                                        "baseline_remaining_pct", "dropped"])
+    frame.attrs["dropped"] = dropped
+    return frame
 
 
 def mask_jaccard(mask_a: Mapping[str, np.ndarray], mask_b: Mapping[str, np.ndarray]) -> dict[str, float]:
