@@ -1,0 +1,91 @@
+"""Pruning at initialization: scores of the network at θ0, before any training (SNIP, Lee et al.
+2019; GraSP, Wang et al. 2020; SynFlow, Tanaka et al. 2020). Each is a pure function of a model
+holding θ0, the current masks and, for SNIP and GraSP, a sample of training images; the
+selection that turns scores into masks is `lth.pruning.select`, shared with every criterion.
+
+Conventions, as the papers and their reference code have them:
+- SNIP: |g ⊙ θ|, g the gradient of the training loss on the sample; the smallest go.
+- GraSP: −θ ⊙ (H g), H the Hessian of the loss, by a double backward; the largest go (a weight
+  whose removal would most reduce the gradient flow has a large −θ⊙Hg).
+- SynFlow: data-free. Every parameter made non-negative, an all-ones input, float64, eval mode;
+  R = the sum of the logits; |θ ⊙ ∂R/∂θ|; the smallest go. Applied iteratively (100 steps on an
+  exponential schedule to the target), each step on the masked network, so that a layer is not
+  cut off whole (Tanaka et al.'s layer collapse).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+Scores = dict[str, torch.Tensor]
+
+
+def _masked_copy(model: nn.Module, masks: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of `model` with its pruned weights zeroed (the scoring must not touch the study's model)."""
+    clone = copy.deepcopy(model)
+    if dtype is not None:
+        clone = clone.to(dtype)
+    with torch.no_grad():
+        params = dict(clone.named_parameters())
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name]))
+    return clone
+
+
+def _parameters(model: nn.Module, names: Sequence[str]) -> list[torch.Tensor]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in names]
+
+
+def snip_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], names: Sequence[str], images: torch.Tensor,
+                labels: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> Scores:
+    """|∂L/∂θ ⊙ θ| at the model's weights, L the mean cross-entropy on the sample, in train mode
+    (batch norm from the sample's statistics, as the network trains)."""
+    net = _masked_copy(model, masks).train()
+    weights = _parameters(net, names)
+    loss = F.cross_entropy(net(prepare(images)), labels)
+    grads = torch.autograd.grad(loss, weights)
+    return {n: (g * w).detach().abs() for n, g, w in zip(names, grads, weights)}
+
+
+def grasp_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], names: Sequence[str], images: torch.Tensor,
+                 labels: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> Scores:
+    """−θ ⊙ (H g): g = ∂L/∂θ (held fixed), H g = ∂(gᵀ ∂L/∂θ)/∂θ by a second backward pass."""
+    net = _masked_copy(model, masks).train()
+    weights = _parameters(net, names)
+    x = prepare(images)
+    fixed = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x), labels), weights)]
+    grads = torch.autograd.grad(F.cross_entropy(net(x), labels), weights, create_graph=True)
+    inner = sum((g * f).sum() for g, f in zip(grads, fixed))
+    hessian_grad = torch.autograd.grad(inner, weights)
+    return {n: (-w * hg).detach() for n, w, hg in zip(names, weights, hessian_grad)}
+
+
+def synflow_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], names: Sequence[str], shape: tuple[int, ...]) -> Scores:
+    """|θ ⊙ ∂R/∂θ| on the masked network with every parameter made non-negative, in float64 and
+    eval mode (batch norm as an affine map), R the sum of the logits of one all-ones input."""
+    net = _masked_copy(model, masks, torch.float64).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    weights = _parameters(net, names)
+    total = net(torch.ones((1, *shape), dtype=torch.float64)).sum()
+    grads = torch.autograd.grad(total, weights)
+    return {n: (g * w).detach().abs() for n, g, w in zip(names, grads, weights)}
+
+
+def exponential_schedule(start: int, target: int, steps: int) -> list[int]:
+    """Kept counts after each of `steps` pruning steps from `start` to `target` kept weights, on
+    Tanaka et al.'s exponential schedule (density target^(k/steps)); the last is `target`."""
+    if not 0 <= target <= start or steps < 1:
+        raise ValueError(f"cannot go from {start} to {target} kept weights in {steps} steps")
+    ratio = target / start if start else 1.0
+    counts = [round(start * ratio ** (k / steps)) for k in range(1, steps + 1)]
+    counts[-1] = target
+    return [max(target, min(c, start)) for c in counts]

@@ -1,0 +1,117 @@
+"""Pruning-at-initialization scores (SNIP, GraSP, SynFlow) against computations by hand on tiny
+networks, where each answer can be written down without autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lth.pruning_at_init import exponential_schedule, grasp_scores, snip_scores, synflow_scores
+
+
+class TwoLayer(nn.Module):
+    """x → W1 x → ReLU → W2 · → logits, no biases: small enough to differentiate by hand."""
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(w1.shape[1], w1.shape[0], bias=False)
+        self.output = nn.Linear(w2.shape[1], w2.shape[0], bias=False)
+        with torch.no_grad():
+            self.hidden.weight.copy_(w1)
+            self.output.weight.copy_(w2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.relu(self.hidden(x.flatten(1))))
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@pytest.fixture
+def tiny() -> tuple[TwoLayer, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    return TwoLayer(w1, w2).double(), x, y
+
+
+def gradients_by_hand(w1: np.ndarray, w2: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """∂L/∂W1, ∂L/∂W2 of the mean cross-entropy, by the chain rule written out."""
+    pre = x @ w1.T
+    h = np.maximum(pre, 0)
+    logits = h @ w2.T
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    d_logits = (p - np.eye(w2.shape[0])[y]) / len(y)
+    d_w2 = d_logits.T @ h
+    d_h = d_logits @ w2 * (pre > 0)
+    return d_h.T @ x, d_w2
+
+
+def test_snip_is_gradient_times_weight_by_hand(tiny):
+    model, x, y = tiny
+    w1, w2 = (model.hidden.weight.detach().numpy(), model.output.weight.detach().numpy())
+    g1, g2 = gradients_by_hand(w1, w2, x.numpy(), y.numpy())
+    names = ["hidden.weight", "output.weight"]
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    scores = snip_scores(model, masks, names, x, y, identity)
+    np.testing.assert_allclose(scores["hidden.weight"].numpy(), np.abs(g1 * w1), rtol=1e-10)
+    np.testing.assert_allclose(scores["output.weight"].numpy(), np.abs(g2 * w2), rtol=1e-10)
+    assert torch.equal(model.hidden.weight, torch.from_numpy(w1))  # the study's model is untouched
+
+
+def test_snip_scores_the_masked_network(tiny):
+    model, x, y = tiny
+    masks = {"hidden.weight": torch.ones(4, 3, dtype=torch.bool), "output.weight": torch.ones(2, 4, dtype=torch.bool)}
+    masks["hidden.weight"][0, 0] = False
+    w1 = model.hidden.weight.detach().numpy().copy()
+    w1[0, 0] = 0
+    g1, _ = gradients_by_hand(w1, model.output.weight.detach().numpy(), x.numpy(), y.numpy())
+    scores = snip_scores(model, masks, ["hidden.weight"], x, y, identity)
+    np.testing.assert_allclose(scores["hidden.weight"].numpy(), np.abs(g1 * w1), rtol=1e-10)
+    assert scores["hidden.weight"][0, 0] == 0
+
+
+def test_grasp_is_minus_weight_times_hessian_gradient_by_finite_differences(tiny):
+    """H g from central differences of the hand gradient along g: an independent check of the
+    double backward, and of the sign (−θ ⊙ Hg)."""
+    model, x, y = tiny
+    w1, w2 = (model.hidden.weight.detach().numpy(), model.output.weight.detach().numpy())
+    xs, ys = x.numpy(), y.numpy()
+    g1, g2 = gradients_by_hand(w1, w2, xs, ys)
+    eps = 1e-6
+    plus = gradients_by_hand(w1 + eps * g1, w2 + eps * g2, xs, ys)
+    minus = gradients_by_hand(w1 - eps * g1, w2 - eps * g2, xs, ys)
+    hg1, hg2 = ((p - m) / (2 * eps) for p, m in zip(plus, minus))
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    scores = grasp_scores(model, masks, ["hidden.weight", "output.weight"], x, y, identity)
+    np.testing.assert_allclose(scores["hidden.weight"].numpy(), -w1 * hg1, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(scores["output.weight"].numpy(), -w2 * hg2, rtol=1e-5, atol=1e-9)
+
+
+def test_synflow_is_the_path_sum_through_each_weight():
+    """For x → |W2| |W1| x with an all-ones input, R = 1ᵀ|W2||W1|1, so W1[i, j]'s score is
+    |W1[i, j]| · (column i's sum of |W2|) and W2[k, i]'s is |W2[k, i]| · (row i's sum of |W1|).
+    ReLU never cuts: every parameter is made non-negative first."""
+    g = torch.Generator().manual_seed(1)
+    w1, w2 = torch.randn(4, 3, generator=g), torch.randn(2, 4, generator=g)
+    model = TwoLayer(w1, w2)
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    scores = synflow_scores(model, masks, ["hidden.weight", "output.weight"], (3,))
+    a1, a2 = w1.abs().double().numpy(), w2.abs().double().numpy()
+    np.testing.assert_allclose(scores["hidden.weight"].numpy(), a1 * a2.sum(0)[:, None], rtol=1e-12)
+    np.testing.assert_allclose(scores["output.weight"].numpy(), a2 * a1.sum(1)[None, :], rtol=1e-12)
+    assert scores["hidden.weight"].dtype == torch.float64
+    assert torch.equal(model.hidden.weight, w1)  # signs and values of the study's model untouched
+
+
+def test_exponential_schedule_ends_at_the_target_and_never_rises():
+    counts = exponential_schedule(1000, 100, 100)
+    assert len(counts) == 100 and counts[-1] == 100 and counts[0] < 1000
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert counts[49] == round(1000 * 0.1 ** 0.5)
+    with pytest.raises(ValueError):
+        exponential_schedule(10, 11, 5)
