@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "models", "masks", "progress"),  # data and model
     ("engine", "energy"),  # one iteration, and what it costs
     ("train",),
-    ("pruning",),
+    ("pruning", "pruning_at_init"),  # which weights go: after training, or at θ0
     ("rundir",),  # store
     ("layout",),  # how a CPU study lays out memory: measured once per machine, cached
     ("study",),  # the round loop: train, prune, store
