@@ -115,3 +115,71 @@ def test_exponential_schedule_ends_at_the_target_and_never_rises():
     assert counts[49] == round(1000 * 0.1 ** 0.5)
     with pytest.raises(ValueError):
         exponential_schedule(10, 11, 5)
+
+
+def test_balanced_sample_is_seeded_and_balanced():
+    from lth.pruning_at_init import balanced_sample
+
+    labels = torch.arange(100) % 10
+    a, b, c = balanced_sample(labels, 3, 7), balanced_sample(labels, 3, 7), balanced_sample(labels, 3, 8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.bincount(labels[a], minlength=10).tolist() == [3] * 10 and len(set(a.tolist())) == 30
+    with pytest.raises(ValueError, match="fewer than the 11"):
+        balanced_sample(labels, 11, 0)
+
+
+def test_layerwise_shuffle_keeps_counts_and_moves_positions():
+    from lth.pruning_at_init import shuffle_within_tensors
+
+    g = torch.Generator().manual_seed(3)
+    masks = {"a": torch.rand(20, 30, generator=g) > 0.7, "b": torch.rand(50, generator=g) > 0.2}
+    shuffled = shuffle_within_tensors(masks, seed=5)
+    for name, mask in masks.items():
+        assert shuffled[name].shape == mask.shape and shuffled[name].dtype == mask.dtype
+        assert int(shuffled[name].sum()) == int(mask.sum())  # per-layer counts kept
+        assert not torch.equal(shuffled[name], mask)  # positions moved
+    assert all(torch.equal(shuffled[n], shuffle_within_tensors(masks, seed=5)[n]) for n in masks)  # seeded
+
+
+def test_iterative_synflow_masks_equal_an_independent_computation():
+    """100 steps of SynFlow from dense to 10% kept, global over both layers, against numpy: the
+    path-sum scores of the masked |W1|, |W2| by hand, the lowest pruned, ties by position."""
+    from lth.pruning_at_init import masks_at_init
+
+    g = torch.Generator().manual_seed(2)
+    w1, w2 = torch.randn(12, 8, generator=g), torch.randn(5, 12, generator=g)
+    model = TwoLayer(w1, w2)
+    names = ["hidden.weight", "output.weight"]
+    full = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    target = round(0.1 * (96 + 60))
+    got = masks_at_init(lambda m: synflow_scores(model, m, names, (8,)), full, {tuple(names): target}, largest=False, steps=100)
+
+    a1, a2 = w1.abs().double().numpy(), w2.abs().double().numpy()
+    m1, m2 = np.ones_like(a1, bool), np.ones_like(a2, bool)
+    for count in exponential_schedule(156, target, 100):
+        b1, b2 = a1 * m1, a2 * m2
+        scores = np.concatenate([(b1 * b2.sum(0)[:, None]).ravel(), (b2 * b1.sum(1)[None, :]).ravel()])
+        active = np.flatnonzero(np.concatenate([m1.ravel(), m2.ravel()]))
+        k = len(active) - count
+        flat = np.concatenate([m1.ravel(), m2.ravel()])
+        flat[active[np.argsort(scores[active], kind="stable")[:k]]] = False
+        m1, m2 = flat[:96].reshape(12, 8), flat[96:].reshape(5, 12)
+    assert int(got["hidden.weight"].sum() + got["output.weight"].sum()) == target
+    np.testing.assert_array_equal(got["hidden.weight"].numpy(), m1)
+    np.testing.assert_array_equal(got["output.weight"].numpy(), m2)
+
+
+def test_one_shot_snip_keeps_the_largest_scores_and_grasp_prunes_the_largest(tiny):
+    from lth.pruning_at_init import masks_at_init
+
+    model, x, y = tiny
+    names = ["hidden.weight", "output.weight"]
+    full = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    for scores_of, largest in ((snip_scores, False), (grasp_scores, True)):
+        scores = scores_of(model, full, names, x, y, identity)
+        masks = masks_at_init(lambda m: scores_of(model, m, names, x, y, identity), full, {tuple(names): 10}, largest=largest)
+        flat_scores = torch.cat([scores[n].flatten() for n in names])
+        flat_kept = torch.cat([masks[n].flatten() for n in names])
+        assert int(flat_kept.sum()) == 10
+        kept, gone = flat_scores[flat_kept], flat_scores[~flat_kept]
+        assert (kept.max() <= gone.min()) if largest else (kept.min() >= gone.max())  # GraSP keeps the smallest −θ⊙Hg

@@ -89,3 +89,46 @@ def exponential_schedule(start: int, target: int, steps: int) -> list[int]:
     counts = [round(start * ratio ** (k / steps)) for k in range(1, steps + 1)]
     counts[-1] = target
     return [max(target, min(c, start)) for c in counts]
+
+
+def balanced_sample(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices of `per_class` training images of every class, drawn from `seed` alone (sorted,
+    so a record of them reads as a set); the sample SNIP and GraSP score on."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in torch.unique(labels).tolist():
+        where = (labels == cls).nonzero().squeeze(1).cpu()
+        if len(where) < per_class:
+            raise ValueError(f"class {cls} has {len(where)} training images, fewer than the {per_class} asked for")
+        chosen.append(where[torch.randperm(len(where), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def shuffle_within_tensors(masks: Mapping[str, torch.Tensor], seed: int) -> Masks:
+    """The layerwise-shuffle sanity check (Frankle et al. 2021; Su et al. 2020): each tensor keeps
+    as many weights as before, at positions drawn at random within the tensor from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = {}
+    for name, mask in masks.items():
+        flat = mask.flatten().bool().cpu()
+        order = torch.randperm(flat.numel(), generator=generator)
+        shuffled[name] = flat[order].view(mask.shape).to(device=mask.device, dtype=mask.dtype)
+    return shuffled
+
+
+def masks_at_init(score: Callable[[Masks], Scores], full: Masks, targets: Mapping[tuple[str, ...], int], largest: bool,
+                  steps: int = 1) -> Masks:
+    """Masks from the dense ones `full` down to `targets` kept weights per group of tensors
+    ranked together: `steps` times, score the masked network and prune to the next count of
+    each group's exponential schedule (1: one shot, as SNIP and GraSP; 100: SynFlow). Scores
+    come from `score(masks)`; the selection is lth's shared one (`lth.pruning.select`)."""
+    from lth.pruning import select
+
+    masks = {n: m.clone() for n, m in full.items()}
+    kept = {group: sum(int(full[n].sum()) for n in group) for group in targets}
+    schedules = {group: exponential_schedule(kept[group], target, steps) for group, target in targets.items()}
+    for step in range(steps):
+        counts = {group: sum(int(masks[n].sum()) for n in group) - schedules[group][step] for group in targets}
+        if any(counts.values()):
+            masks = select(score(masks), masks, counts, largest)
+    return masks
