@@ -37,7 +37,8 @@ DATASETS = tuple(DATASET_SIZES)
 LABELS = ("fine", "coarse")
 NORMALIZATIONS = ("none", "dataset", "imagenet")
 MIN_SIDE = {"vgg16": 32}  # models whose pooling needs at least this image side
-CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase")
+CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase",
+            "snip", "snip-iterative", "grasp", "synflow")
 TRACKERS = ("codecarbon", "carbontracker", "off")
 
 
@@ -187,6 +188,12 @@ class PruneConfig:
     """Scope "layer": a rate per tensor name ("features.0.weight"), which wins over `rates`."""
     match: str | None = None
     """Random only: a run whose per-layer kept counts this run copies round by round ("@variant" in a comparison)."""
+    score_images_per_class: int = 10
+    """SNIP and GraSP: training images of each class in the seeded sample they score θ0 on."""
+    shuffle: bool = False
+    """Sanity check: after each round's mask is made, move each tensor's kept weights to random positions within it (seeded); counts per tensor stay."""
+    invert: bool = False
+    """Sanity check: prune the other end of the criterion's ranking (keep what it would prune)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +284,7 @@ BOUNDS: dict[str, Bounds] = {
     "train.momentum": Bounds(0, 1, high_open=True), "train.weight_decay": Bounds(0, 1, high_open=True),
     "train.gamma": Bounds(0, 1, low_open=True),
     "prune.fraction": Bounds(0, 1, low_open=True, high_open=True), "prune.rounds": Bounds(0, 1000),
+    "prune.score_images_per_class": Bounds(1, 1000),
     "prune.rates": Bounds(0, 1, high_open=True), "prune.layer_rates": Bounds(0, 1, high_open=True),  # each entry
 }
 # Keys that take one of a fixed set of names (rewind and device have forms with a number; see validate).
@@ -502,7 +510,8 @@ def computed(config: Config) -> dict[str, Any]:
 # Keys added after runs existed, with the default that means what those runs did.
 LATER_KEYS = {**{f"train.{k}": v for k, v in {"precision": "fp32", "optimizer": "adam", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0,
                                                "milestones": "", "gamma": 0.1, "warmup": "0it", "augment": "none", "warmup_from_zero": False}.items()},
-              "data.dataset": "cifar10", "data.validation": 5000, "data.labels": "fine", "data.normalize": "none", "prune.include_output": False}
+              "data.dataset": "cifar10", "data.validation": 5000, "data.labels": "fine", "data.normalize": "none", "prune.include_output": False,
+              "prune.score_images_per_class": 10, "prune.shuffle": False, "prune.invert": False}
 
 
 def config_hash(config: Config) -> str:

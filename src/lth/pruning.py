@@ -21,7 +21,7 @@ Counts = dict[tuple[str, ...], int]  # tensors ranked together → how many of t
 
 @dataclass(frozen=True)
 class Criterion:
-    score: Callable[[State, State, State, Sequence[str], int], Scores]  # (best, final, init, names, seed)
+    score: Callable[[State, State, State, Sequence[str], int], Scores] | None  # (best, final, init, names, seed); None: at θ0
     label: str  # the score as a formula, for figures
     prunes: str  # "largest" or "smallest": which scores are pruned
     keeps: str  # one line for humans: which weights survive
@@ -29,6 +29,16 @@ class Criterion:
     # The seed's skip rule: a score that is 0 on every active weight (best == final, as when
     # the best epoch is the last) carries no information, so the round prunes nothing.
     skip_when_flat: bool = False
+    # Pruning at initialization (lth.pruning_at_init): "snip", "grasp" or "synflow" scores the
+    # network at θ0; round r's mask is made from the dense network at round r's kept count, so
+    # masks need not nest. `steps`: how many times it rescores on the way (1: one shot).
+    at_init: str | None = None
+    steps: int = 1
+
+    @property
+    def nested(self) -> bool:
+        """Whether each round's mask keeps a subset of the previous round's (what `lth verify` checks)."""
+        return self.at_init is None
 
 
 def _movement(best: State, final: State, init: State, names: Sequence[str], seed: int) -> Scores:
@@ -59,6 +69,10 @@ CRITERIA: dict[str, Criterion] = {
     "random": Criterion(_random, "uniform random draw", "smallest", "a seeded random subset (the control); can follow another run's per-layer counts", ("init",)),
     "low-movement": Criterion(_movement, "|w_best − w_final|", "smallest", "the largest |w_best − w_final|: weights that still moved after the best epoch", ("best", "final"), True),
     "movement-from-init": Criterion(_movement_from_init, "|w_final − w_init|", "smallest", "the largest |w_final − w_init| (Zhou et al.'s movement)", ("final", "init")),
+    "snip": Criterion(None, "|∂L/∂θ ⊙ θ| at θ0", "smallest", "the largest |g ⊙ θ| at θ0, g the loss gradient on a class-balanced sample (Lee et al. 2019)", ("init",), at_init="snip"),
+    "snip-iterative": Criterion(None, "|∂L/∂θ ⊙ θ| at θ0, rescored", "smallest", "SNIP rescored on the masked network along an exponential schedule", ("init",), at_init="snip", steps=100),
+    "grasp": Criterion(None, "−θ ⊙ Hg at θ0", "largest", "the smallest −θ ⊙ Hg at θ0: weights whose removal least reduces gradient flow (Wang et al. 2020)", ("init",), at_init="grasp"),
+    "synflow": Criterion(None, "|θ ⊙ ∂R/∂θ| at θ0", "smallest", "the largest synaptic flow of the all-ones input through |θ|, rescored 100 times (Tanaka et al. 2020)", ("init",), at_init="synflow", steps=100),
     "magnitude-increase": Criterion(_magnitude_increase, "|w_final| − |w_init|", "smallest", "the largest |w_final| − |w_init|: weights whose magnitude grew most", ("final", "init")),
 }
 
@@ -99,11 +113,33 @@ def select(scores: Scores, masks: Masks, counts: Counts, largest: bool) -> Masks
     return new
 
 
-def next_masks(criterion: str, best: State, final: State, init: State, masks: Masks, counts: Counts, seed: int) -> Masks:
-    """The masks of the next round: the criterion's scores through the shared selection."""
+def kept_ladder(active: Mapping[str, int], names: Sequence[str], rates: Mapping[str, float] | None, fraction: float, rounds: int) -> dict[tuple[str, ...], int]:
+    """How many weights each group keeps after `rounds` rounds of the iterative ladder from
+    `active` (per tensor): what the iterative criteria reach at round r when no round is
+    skipped, and where pruning at initialization puts round r, so every arm meets at the same
+    densities."""
+    if rates is None:
+        total = sum(active[n] for n in names)
+        for _ in range(rounds):
+            total -= prune_count(total, fraction)
+        return {tuple(names): total}
+    out = {}
+    for n in names:
+        kept = active[n]
+        for _ in range(rounds):
+            kept -= prune_count(kept, rates[n])
+        out[(n,)] = kept
+    return out
+
+
+def next_masks(criterion: str, best: State, final: State, init: State, masks: Masks, counts: Counts, seed: int, invert: bool = False) -> Masks:
+    """The masks of the next round: the criterion's scores through the shared selection
+    (`invert`: the other end of the ranking, the inversion sanity check)."""
     crit = CRITERIA[criterion]
+    if crit.score is None:
+        raise ValueError(f"{criterion} scores the network at θ0: its masks come from lth.pruning_at_init")
     names = [n for group in counts for n in group]
     scores = crit.score(best, final, init, names, seed)
     if crit.skip_when_flat and not any(bool((scores[n] * masks[n]).any()) for n in names):
         return {name: mask.clone() for name, mask in masks.items()}
-    return select(scores, masks, counts, largest=crit.prunes == "largest")
+    return select(scores, masks, counts, largest=(crit.prunes == "largest") != invert)

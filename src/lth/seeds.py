@@ -45,3 +45,14 @@ def epoch_augmentation(n: int, data_seed: int, round_index: int, epoch: int, pad
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     mirror = torch.randint(0, 2, (n, 1), generator=generator)
     return torch.cat([offsets, mirror], dim=1)
+
+
+def score_sample_seed(seed: int) -> int:
+    """The class-balanced sample SNIP and GraSP score θ0 on (one per study: every round's mask is
+    scored on the same images)."""
+    return derive_seed(seed, "score-sample")
+
+
+def shuffle_seed(seed: int, round_index: int) -> int:
+    """The layerwise-shuffle sanity check's draw for round `round_index`'s mask."""
+    return derive_seed(seed, "shuffle", round_index)

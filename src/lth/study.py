@@ -21,7 +21,7 @@ import torch
 from lth import __version__
 from lth import config as cfgmod
 from lth.config import Config, ConfigError
-from lth.data import Splits, splits_for
+from lth.data import Splits, input_transform, splits_for
 from lth.energy import EnergyMeter, EnergyReading, make_meter
 from lth.engine import use_graphs
 from lth.layout import bf16_warning
@@ -29,10 +29,11 @@ from lth.layout import choose as choose_layout
 from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
 from lth.models import layer_types, model_for
 from lth.progress import Progress
-from lth.pruning import CRITERIA, next_masks, prune_counts
+from lth.pruning import CRITERIA, kept_ladder, next_masks, prune_counts
+from lth.pruning_at_init import balanced_sample, grasp_scores, masks_at_init, shuffle_within_tensors, snip_scores, synflow_scores
 from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.schedule import is_constant
-from lth.seeds import prune_seed, reinit_seed, study_seeds
+from lth.seeds import prune_seed, reinit_seed, score_sample_seed, shuffle_seed, study_seeds
 from lth.signals import StopRequest, stop_on_signals
 from lth.train import (Diverged, Member, RoundOutcome, RoundState, Stopped, optimizer_from_tensors, optimizer_tensors, steps_per_epoch,
                        train_rounds)
@@ -289,11 +290,13 @@ class Study:
         model = model_for(config, seeds["init_seed"])
         names, rates = pruning_plan(config, model)
         matched = _matched_counts(config, names, run)
+        sample = _score_sample_record(config, splits)  # refused before anything is written
         if not run.config.exists():
             run.write_config(config)
             run.write_manifest({"lth_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
                                 "device": str(splits.train_x.device), "seeds": seeds, "prunable": names,
                                 "data": {"dataset": config.data.dataset, "dir": str(splits.source), "fingerprint": splits.fingerprint}, "execution": execution or {},
+                                **sample,
                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         else:
             if problems := run.damage():
@@ -314,11 +317,41 @@ class Study:
             return stored or full_masks(self.model, self.names), 0
         previous, masks = run.load(run.mask(r - 1)), stored
         if masks is None:
-            uses = CRITERIA[p.criterion].uses
-            best, final = ({} if kind not in uses else run.load(run.checkpoint(r - 1, kind)) for kind in ("best", "final"))
-            counts = prune_counts(previous, self.names, self.rates, p.fraction, self.matched[r] if self.matched else None)
-            masks = next_masks(p.criterion, best, final, self.init, previous, counts, prune_seed(self.config.seed, r))
+            if CRITERIA[p.criterion].at_init is not None:
+                masks = self.mask_at_init(r)
+            else:
+                uses = CRITERIA[p.criterion].uses
+                best, final = ({} if kind not in uses else run.load(run.checkpoint(r - 1, kind)) for kind in ("best", "final"))
+                counts = prune_counts(previous, self.names, self.rates, p.fraction, self.matched[r] if self.matched else None)
+                masks = next_masks(p.criterion, best, final, self.init, previous, counts, prune_seed(self.config.seed, r), invert=p.invert)
+            if p.shuffle:
+                masks = shuffle_within_tensors(masks, shuffle_seed(self.config.seed, r))
         return masks, sum(count_kept(previous).values()) - sum(count_kept(masks).values())
+
+    def score_sample(self) -> torch.Tensor:
+        """Indices (into the training split) of the class-balanced images SNIP and GraSP score θ0 on."""
+        return balanced_sample(self.splits.train_y.cpu(), self.config.prune.score_images_per_class, score_sample_seed(self.config.seed))
+
+    def mask_at_init(self, r: int) -> Masks:
+        """Round r's mask by pruning at initialization: the criterion scores θ0 (on the CPU, in
+        float32; SynFlow in float64) from the dense network down to round r's kept count on the
+        iterative ladder, so that every arm of a comparison meets at the same densities."""
+        p, crit = self.config.prune, CRITERIA[self.config.prune.criterion]
+        full = full_masks(self.model, self.names)
+        targets = kept_ladder(count_kept(full), self.names, self.rates, p.fraction, r)
+        model = model_for(self.config, 0)
+        model.load_state_dict(self.init)
+        if crit.at_init == "synflow":
+            def score(masks: Masks) -> dict[str, torch.Tensor]:
+                return synflow_scores(model, masks, self.names, self.config.data.image_shape)
+        else:
+            index = self.score_sample()
+            images, labels = self.splits.train_x[index].cpu(), self.splits.train_y[index].cpu()
+            prepare, method = input_transform(self.splits.normalization, "cpu"), snip_scores if crit.at_init == "snip" else grasp_scores
+
+            def score(masks: Masks) -> dict[str, torch.Tensor]:
+                return method(model, masks, self.names, images, labels, prepare)
+        return masks_at_init(score, full, targets, largest=(crit.prunes == "largest") != p.invert, steps=crit.steps)
 
     def begin_round(self, r: int) -> _RoundPlan:
         """Before training: the mask (stored first), the rewind, a saved position, the persisting callbacks."""
@@ -385,6 +418,18 @@ class Study:
         self.rows.append(row)
         self.run.write_rounds(self.rows)
         return row
+
+
+def _score_sample_record(config: Config, splits: Splits) -> dict[str, Any]:
+    """Which training images SNIP or GraSP scored θ0 on, for the manifest (nothing for other criteria)."""
+    if CRITERIA[config.prune.criterion].at_init not in ("snip", "grasp"):
+        return {}
+    try:
+        index = balanced_sample(splits.train_y.cpu(), config.prune.score_images_per_class, score_sample_seed(config.seed))
+    except ValueError as exc:
+        raise ConfigError(f"prune.score_images_per_class: {exc} among the {len(splits.train_y)} training images; "
+                          "lower it or train on more images") from None
+    return {"score_sample": {"images_per_class": config.prune.score_images_per_class, "train_indices": index.tolist()}}
 
 
 def _record_lr_change(run: RunDir, config: Config) -> None:

@@ -1,5 +1,6 @@
 """`lth verify`: is a run (or every run of a study) whole? Its files are present and match the
-checksums recorded as they were written, each mask keeps a subset of the previous round's,
+checksums recorded as they were written, each mask keeps a subset of the previous round's (for
+the criteria that promise it),
 pruned weights are exactly zero, and the counts agree with rounds.csv."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lth.config import ConfigError
+from lth.pruning import CRITERIA
 from lth.rundir import RunDir, RunDirError, find_runs
 
 
@@ -27,6 +29,8 @@ def run_problems(run: RunDir) -> list[str]:
     problems += [f"{path}: missing" for path in needed if not path.is_file()]
     if problems:
         return problems
+    # Masks nest unless the criterion scores θ0 afresh each round or the shuffle check moves them.
+    nested = CRITERIA[config.prune.criterion].nested and not config.prune.shuffle
     previous: dict[str, torch.Tensor] | None = None
     for row in rows:
         r = row["round"]
@@ -36,7 +40,7 @@ def run_problems(run: RunDir) -> list[str]:
             return problems + [str(exc)]
         kept, total = sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
         if previous is not None:
-            grown = [n for n, m in mask.items() if n not in previous or bool((m.bool() & ~previous[n].bool()).any())]
+            grown = [n for n, m in mask.items() if n not in previous or bool((m.bool() & ~previous[n].bool()).any())] if nested else []
             problems += [f"{run.mask(r)}: {n} keeps weights that round {r - 1} pruned" for n in grown]
             if row.get("pruned") is not None and row["pruned"] != sum(int(m.sum()) for m in previous.values()) - kept:
                 problems.append(f"{run.rounds}: round {r} says {row['pruned']} pruned, the masks say {sum(int(m.sum()) for m in previous.values()) - kept}")

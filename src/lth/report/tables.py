@@ -224,7 +224,11 @@ def mask_agreement(groups: Groups) -> pd.DataFrame:
 
 def score_rounds(run: Run) -> list[int]:
     """Rounds r ≥ 1 whose pruning can be redrawn: masks r−1 and r, and round r−1's weights."""
+    from lth.pruning import CRITERIA
+
     d, done = run.dir, set(run.rounds["round"])
+    if CRITERIA[run.config.prune.criterion].score is None:  # scored at θ0 on a network and a sample: not redrawn here
+        return []
     return [r for r in sorted(done) if r - 1 in done and all(p.is_file() for p in (d.mask(r), d.mask(r - 1), d.best(r - 1), d.final(r - 1)))]
 
 
