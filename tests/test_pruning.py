@@ -180,20 +180,26 @@ def partly_pruned():
     return masks
 
 
+ITERATIVE = {n: c for n, c in CRITERIA.items() if c.score is not None}  # those scored after training
+
+
 def test_registry_order_and_fields():
-    assert list(CRITERIA) == ["high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase"]
-    for name, crit in CRITERIA.items():
+    assert list(CRITERIA) == ["high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase",
+                              "snip", "snip-iterative", "grasp", "synflow"]
+    assert {n for n, c in CRITERIA.items() if c.score is None} == {n for n, c in CRITERIA.items() if c.at_init} == {"snip", "snip-iterative", "grasp", "synflow"}
+    assert {n for n, c in CRITERIA.items() if not c.nested} == {"snip", "snip-iterative", "grasp", "synflow"}
+    for name, crit in ITERATIVE.items():
         assert isinstance(crit, Criterion) and callable(crit.score) and crit.keeps
         assert crit.prunes in ("largest", "smallest"), name
         assert isinstance(crit.uses, tuple) and crit.uses and set(crit.uses) <= {"best", "final", "init"}, name
         assert crit.skip_when_flat == (name in ("high-movement", "low-movement")), name
-    assert {n for n, c in CRITERIA.items() if c.prunes == "largest"} == {"high-movement"}
+    assert {n for n, c in CRITERIA.items() if c.prunes == "largest"} == {"high-movement", "grasp"}
     assert CRITERIA["random"].uses == ("init",) and CRITERIA["magnitude"].uses == ("final",)
     assert CRITERIA["high-movement"].uses == CRITERIA["low-movement"].uses == ("best", "final")
     assert CRITERIA["movement-from-init"].uses == CRITERIA["magnitude-increase"].uses == ("final", "init")
 
 
-@pytest.mark.parametrize("name", list(CRITERIA))
+@pytest.mark.parametrize("name", list(ITERATIVE))
 def test_reads_only_declared_inputs(name):
     states = dict(zip(("best", "final", "init"), random_states()))
     args = [states[k] if k in CRITERIA[name].uses else {} for k in ("best", "final", "init")]
@@ -201,7 +207,7 @@ def test_reads_only_declared_inputs(name):
     assert sum(int(m.sum()) for m in new.values()) == 13 - round(0.5 * 13)
 
 
-@pytest.mark.parametrize("name", list(CRITERIA))
+@pytest.mark.parametrize("name", list(ITERATIVE))
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_shared_rules_for_every_criterion(name, scope):
     best, final, init = random_states(1)

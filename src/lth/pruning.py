@@ -69,11 +69,11 @@ CRITERIA: dict[str, Criterion] = {
     "random": Criterion(_random, "uniform random draw", "smallest", "a seeded random subset (the control); can follow another run's per-layer counts", ("init",)),
     "low-movement": Criterion(_movement, "|w_best − w_final|", "smallest", "the largest |w_best − w_final|: weights that still moved after the best epoch", ("best", "final"), True),
     "movement-from-init": Criterion(_movement_from_init, "|w_final − w_init|", "smallest", "the largest |w_final − w_init| (Zhou et al.'s movement)", ("final", "init")),
+    "magnitude-increase": Criterion(_magnitude_increase, "|w_final| − |w_init|", "smallest", "the largest |w_final| − |w_init|: weights whose magnitude grew most", ("final", "init")),
     "snip": Criterion(None, "|∂L/∂θ ⊙ θ| at θ0", "smallest", "the largest |g ⊙ θ| at θ0, g the loss gradient on a class-balanced sample (Lee et al. 2019)", ("init",), at_init="snip"),
     "snip-iterative": Criterion(None, "|∂L/∂θ ⊙ θ| at θ0, rescored", "smallest", "SNIP rescored on the masked network along an exponential schedule", ("init",), at_init="snip", steps=100),
     "grasp": Criterion(None, "−θ ⊙ Hg at θ0", "largest", "the smallest −θ ⊙ Hg at θ0: weights whose removal least reduces gradient flow (Wang et al. 2020)", ("init",), at_init="grasp"),
     "synflow": Criterion(None, "|θ ⊙ ∂R/∂θ| at θ0", "smallest", "the largest synaptic flow of the all-ones input through |θ|, rescored 100 times (Tanaka et al. 2020)", ("init",), at_init="synflow", steps=100),
-    "magnitude-increase": Criterion(_magnitude_increase, "|w_final| − |w_init|", "smallest", "the largest |w_final| − |w_init|: weights whose magnitude grew most", ("final", "init")),
 }
 
 
