@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import shutil
 
 import pytest
 
@@ -75,6 +77,21 @@ def test_a_different_spec_in_the_same_dir_is_refused(study):
     other = cells.CompareSpec(name="x", base="quick", variants=SPEC.variants[:1], seeds=(0,))
     with pytest.raises(ConfigError, match="holds a different comparison"):
         compare.run_comparison(other, result.study_dir, log=lambda _: None)
+
+
+def test_a_spec_that_only_adds_variants_or_seeds_extends_the_comparison(study, data_root, tmp_path):
+    """Adding an arm to a finished comparison trains only the new cells; study.toml becomes the
+    larger spec; reordering or changing what ran is still refused."""
+    copy = shutil.copytree(study[0].study_dir, tmp_path / "study")
+    wider = dataclasses.replace(SPEC, variants=SPEC.variants + ((("prune.criterion", "magnitude"), ("rewind", "reinit")),))
+    assert compare.extends(SPEC, wider) and not compare.extends(wider, SPEC)
+    assert not compare.extends(SPEC, dataclasses.replace(wider, variants=wider.variants[::-1]))
+    assert not compare.extends(SPEC, dataclasses.replace(wider, overrides=(("train.epochs", "3"),)))
+    lines: list[str] = []
+    again = compare.run_comparison(wider, copy, data_dir=data_root, progress=False, report=False, log=lines.append)
+    assert len(again.skipped) == 4 and [p.parent.name for p in again.ran] == ["magnitude_reinit"] * len(SPEC.seeds)
+    assert any("adding 1 variant(s) and 0 seed(s)" in line for line in lines)
+    assert cells.stored_spec(copy) == wider
 
 
 def test_plan_validates_before_running(tmp_path):

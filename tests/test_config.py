@@ -48,12 +48,21 @@ def test_overrides_and_hash():
         ({"rewind": "sometime"}, "unknown rewind point"),
         ({"data": {"val_size": 6000}}, "data.val_size"),
         ({"train": 3}, "train: expected a table"),
+        ({"prune": {"rates": "dense = 0.2"}}, "prune.rates: expected a table like"),
     ],
 )
 def test_bad_configs_raise_one_line_errors(data, match):
     with pytest.raises(ConfigError, match=match) as info:
         cfgmod.from_dict(data)
     assert "\n" not in str(info.value)
+
+
+def test_a_table_key_takes_an_inline_table_from_the_command_line():
+    """`--prune.rates "{}"` turns a per-layer preset (lenet) into one global ranking; a table in
+    inline TOML sets rates as a config file would."""
+    global_lenet = cfgmod.apply_overrides(cfgmod.preset("lenet"), {"prune.scope": "global", "prune.rates": "{}"})
+    assert global_lenet.prune.rates == {} and global_lenet.prune.scope == "global"
+    assert cfgmod.apply_overrides(cfgmod.preset("lenet"), {"prune.rates": "{dense = 0.3, output = 0.1}"}).prune.rates == {"dense": 0.3, "output": 0.1}
 
 
 def test_invalid_toml_file(tmp_path):

@@ -98,3 +98,11 @@ def test_bf16_on_a_cpu_that_only_emulates_it_says_so_in_one_line(data_root, tmp_
     assert lines == (["lth: warning: train.precision = \"bf16\" on a CPU without native bf16 (neither AMX nor AVX512-BF16): "
                       "it is emulated and slower than fp32 here; use --train.precision fp32"] if warned else [])
     assert layout.bf16_warning([dense()]) is None  # fp32 never warns
+
+
+def test_a_network_without_convolutions_is_neither_measured_nor_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv(layout.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setattr(layout, "step_seconds", lambda *a, **k: pytest.fail("measured a network without convolutions"))
+    lenet = cfgmod.apply_overrides(dense(), {"model": "lenet-300-100"})
+    assert layout.choose(lenet) == (False, "no convolutions")
+    assert not layout.cache_file().exists()

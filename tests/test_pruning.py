@@ -185,9 +185,10 @@ ITERATIVE = {n: c for n, c in CRITERIA.items() if c.score is not None}  # those 
 
 def test_registry_order_and_fields():
     assert list(CRITERIA) == ["high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase",
-                              "snip", "snip-iterative", "grasp", "synflow"]
-    assert {n for n, c in CRITERIA.items() if c.score is None} == {n for n, c in CRITERIA.items() if c.at_init} == {"snip", "snip-iterative", "grasp", "synflow"}
-    assert {n for n, c in CRITERIA.items() if not c.nested} == {"snip", "snip-iterative", "grasp", "synflow"}
+                              "snip", "snip-iterative", "grasp", "synflow", "smart-ratio"]
+    at_init = {"snip", "snip-iterative", "grasp", "synflow", "smart-ratio"}
+    assert {n for n, c in CRITERIA.items() if c.score is None} == {n for n, c in CRITERIA.items() if c.at_init} == at_init
+    assert {n for n, c in CRITERIA.items() if not c.nested} == at_init
     for name, crit in ITERATIVE.items():
         assert isinstance(crit, Criterion) and callable(crit.score) and crit.keeps
         assert crit.prunes in ("largest", "smallest"), name

@@ -141,6 +141,48 @@ def test_layerwise_shuffle_keeps_counts_and_moves_positions():
     assert all(torch.equal(shuffled[n], shuffle_within_tensors(masks, seed=5)[n]) for n in masks)  # seeded
 
 
+def test_smart_ratio_weights_are_su_et_al_formula():
+    from lth.pruning_at_init import smart_ratio_weights
+
+    assert smart_ratio_weights(3) == [12, 6, 2]  # (L−l+1)² + (L−l+1) for l = 1, 2, 3
+    assert smart_ratio_weights(3, depth_squared=True) == pytest.approx([12, 6 / 4, 2 / 9])  # VGG: divided by l²
+
+
+def test_smart_ratio_counts_share_the_total_in_proportion_and_cap_at_a_whole_tensor():
+    from lth.pruning_at_init import smart_ratio_counts
+
+    sizes = {"a": 100, "b": 100, "c": 100}
+    # Uncapped: keep ratios 12c, 6c, 2c with 100·20c = 100 → c = 0.05 → 60, 30, 10.
+    assert smart_ratio_counts(sizes, 100, [12, 6, 2]) == {"a": 60, "b": 30, "c": 10}
+    # Capped: 240 kept would give "a" 144 > 100; it keeps all, and 140 is shared 6:2 → 105 > 100,
+    # so "b" keeps all too and "c" keeps the remaining 40.
+    assert smart_ratio_counts(sizes, 240, [12, 6, 2]) == {"a": 100, "b": 100, "c": 40}
+    uneven = {"conv": 27, "dense": 1000, "out": 70}
+    for kept in range(0, sum(uneven.values()) + 1, 7):
+        counts = smart_ratio_counts(uneven, kept, [12, 6, 2])
+        assert sum(counts.values()) == kept and all(0 <= counts[n] <= uneven[n] for n in uneven)
+    previous = smart_ratio_counts(uneven, 1097, [12, 6, 2])
+    for kept in range(1096, -1, -1):  # a tensor's count falls with the total but for rounding by one
+        counts = smart_ratio_counts(uneven, kept, [12, 6, 2])
+        assert all(counts[n] <= previous[n] + 1 for n in uneven)
+        previous = counts
+    with pytest.raises(ValueError, match="cannot keep 301"):
+        smart_ratio_counts(sizes, 301, [12, 6, 2])
+
+
+def test_smart_ratio_masks_are_random_within_layers_seeded_and_nest():
+    from lth.pruning_at_init import random_masks_with_counts
+
+    full = {"a": torch.ones(10, 20), "b": torch.ones(30)}
+    big = random_masks_with_counts(full, {"a": 50, "b": 12}, seed=4)
+    small = random_masks_with_counts(full, {"a": 20, "b": 5}, seed=4)
+    assert {n: int(m.sum()) for n, m in big.items()} == {"a": 50, "b": 12} and big["a"].dtype == full["a"].dtype
+    assert all(bool((small[n] <= big[n]).all()) for n in full)  # one draw per study: fewer kept is a subset
+    other = random_masks_with_counts(full, {"a": 50, "b": 12}, seed=5)
+    assert not torch.equal(other["a"], big["a"])
+    assert torch.equal(random_masks_with_counts(full, {"a": 50, "b": 12}, seed=4)["a"], big["a"])
+
+
 def test_iterative_synflow_masks_equal_an_independent_computation():
     """100 steps of SynFlow from dense to 10% kept, global over both layers, against numpy: the
     path-sum scores of the masked |W1|, |W2| by hand, the lowest pruned, ties by position."""
@@ -185,11 +227,11 @@ def test_one_shot_snip_keeps_the_largest_scores_and_grasp_prunes_the_largest(tin
         assert (kept.max() <= gone.min()) if largest else (kept.min() >= gone.max())  # GraSP keeps the smallest −θ⊙Hg
 
 
-@pytest.mark.parametrize("criterion", ["synflow", "snip", "grasp"])
+@pytest.mark.parametrize("criterion", ["synflow", "snip", "grasp", "smart-ratio"])
 def test_a_study_pruned_at_init_meets_the_iterative_ladder(criterion, data_root, tmp_path):
-    """On tiny real CIFAR-10: every round's mask is scored at θ0 and lands on the kept count the
-    magnitude ladder reaches (no skips), the run verifies although masks need not nest, and SNIP
-    and GraSP record their sample."""
+    """On tiny real CIFAR-10: every round's mask is made at θ0 and lands on the kept count the
+    magnitude ladder reaches (no skips), the run verifies although masks need not nest, SNIP
+    and GraSP record their sample, and a smart-ratio ticket keeps earlier layers denser."""
     import json
 
     from conftest import read_rounds_csv, tiny_config
@@ -206,6 +248,12 @@ def test_a_study_pruned_at_init_meets_the_iterative_ladder(criterion, data_root,
     assert kept(at_init) == kept(magnitude) and kept(at_init)[-1] < kept(at_init)[0]
     assert run_problems(RunDir(at_init.run_dir)) == []
     manifest = json.loads(RunDir(at_init.run_dir).manifest.read_text())
-    assert ("score_sample" in manifest) == (criterion != "synflow")
-    if criterion != "synflow":
+    assert ("score_sample" in manifest) == (criterion in ("snip", "grasp"))
+    if criterion in ("snip", "grasp"):
         assert manifest["score_sample"]["images_per_class"] == 1 and len(manifest["score_sample"]["train_indices"]) <= 10
+    if criterion == "smart-ratio":
+        from lth.masks import density
+
+        kept = density(RunDir(at_init.run_dir).load(RunDir(at_init.run_dir).mask(2)))
+        layers = [kept[n] for n in manifest["prunable"]]  # first layer first
+        assert layers == sorted(layers, reverse=True) and layers[0] > layers[-1]

@@ -27,7 +27,7 @@ from typing import Any
 
 from lth import config as cfgmod
 from lth import executors
-from lth.cells import Cell, CompareSpec, jobs_dir, plan, study_file, write_job_record
+from lth.cells import Cell, CompareSpec, jobs_dir, load_spec, plan, study_file, write_job_record
 from lth.config import Config, ConfigError
 from lth.data import resolve_data_dir
 from lth.report import write_report
@@ -133,6 +133,13 @@ class CompareResult:
     submitted: list[tuple[str, str]] = field(default_factory=list)  # (cell, job id) left running on a batch system
 
 
+def extends(earlier: CompareSpec, spec: CompareSpec) -> bool:
+    """Whether `spec` is `earlier` with variants or seeds added at the end: every cell of the
+    earlier comparison is planned again exactly as it was, so its runs stay valid and are skipped."""
+    return ((earlier.name, earlier.base, dict(earlier.overrides)) == (spec.name, spec.base, dict(spec.overrides))
+            and spec.variants[:len(earlier.variants)] == earlier.variants and spec.seeds[:len(earlier.seeds)] == earlier.seeds)
+
+
 def run_comparison(
     spec: CompareSpec,
     out: str | os.PathLike,
@@ -159,7 +166,12 @@ def run_comparison(
     cells = plan(spec, study)
     stored = study_file(study)
     if stored.exists() and stored.read_text() != spec.to_toml():
-        raise ConfigError(f"{study} holds a different comparison (study.toml); continue it with its own spec or choose another --out")
+        earlier = load_spec(stored)
+        if not extends(earlier, spec):
+            raise ConfigError(f"{study} holds a different comparison (study.toml); continue it with its own spec, one that only adds "
+                              "variants or seeds at the end, or choose another --out")
+        log(f"{study}: adding {len(spec.variants) - len(earlier.variants)} variant(s) and {len(spec.seeds) - len(earlier.seeds)} seed(s) "
+            "to the comparison; its finished cells are kept")
     for cell in cells:  # refuse before running anything if a cell dir holds a foreign run
         if cell.out.exists() and any(cell.out.iterdir()) and not RunDir(cell.out).is_run() and not RunDir(cell.out).in_use():
             raise ConfigError(f"{cell.out} exists and is not an lth run; choose another --out")

@@ -38,7 +38,7 @@ LABELS = ("fine", "coarse")
 NORMALIZATIONS = ("none", "dataset", "imagenet")
 MIN_SIDE = {"vgg16": 32}  # models whose pooling needs at least this image side
 CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase",
-            "snip", "snip-iterative", "grasp", "synflow")
+            "snip", "snip-iterative", "grasp", "synflow", "smart-ratio")
 TRACKERS = ("codecarbon", "carbontracker", "off")
 
 
@@ -530,6 +530,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)), key)
     if origin is dict:
+        if isinstance(value, str):  # from the command line or a study's overrides: an inline TOML table, "{dense = 0.2}" or "{}"
+            try:
+                value = tomllib.loads(f"value = {value}")["value"]
+            except tomllib.TOMLDecodeError:
+                pass  # reported below with the value as given
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table like {{conv = 0.1}}, got {value!r}")
         return {str(k): _coerce(v, typing.get_args(annotation)[1], f"{key}.{k}") for k, v in value.items()}

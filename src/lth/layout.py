@@ -20,7 +20,7 @@ import torch
 
 from lth.config import Config
 from lth.engine import ModuleEngine, eager_step
-from lth.models import model_for
+from lth.models import has_convolutions, model_for
 
 CACHE_ENV_VAR = "LTH_CACHE_DIR"
 
@@ -99,8 +99,6 @@ def choose(config: Config) -> tuple[bool, str]:
     """(channels_last, how it was chosen: "config", "cached" or "measured") for a CPU study."""
     if config.train.channels_last is not None:
         return config.train.channels_last, "config"
-    if not any(isinstance(m, torch.nn.Conv2d) for m in model_for(config, 0).modules()):
-        return False, "no convolutions"  # a memory layout only convolutions see: nothing to measure
     key, path = machine_key(config), cache_file()
     try:
         cache = json.loads(path.read_text())
@@ -108,6 +106,8 @@ def choose(config: Config) -> tuple[bool, str]:
         cache = {}
     if isinstance(cache, dict) and isinstance(cache.get(key), dict) and isinstance(cache[key].get("channels_last"), bool):
         return cache[key]["channels_last"], "cached"
+    if not has_convolutions(model_for(config, 0)):
+        return False, "no convolutions"  # a memory layout only convolutions see: nothing to measure
     seconds = step_seconds(config)
     choice = seconds[True] < seconds[False]
     cache = cache if isinstance(cache, dict) else {}

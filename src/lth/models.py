@@ -247,6 +247,11 @@ def output_layer(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
+def has_convolutions(model: nn.Module) -> bool:
+    """Whether a model has convolutions: the only layers a memory layout or stacking on a CPU changes."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def layer_types(model: nn.Module) -> dict[str, str]:
     """Every Conv2d/Linear kernel's `state_dict` name → "conv", "dense" or "output" (the
     `output_layer`, whatever its type), in parameter order; biases are left out."""

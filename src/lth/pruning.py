@@ -30,7 +30,8 @@ class Criterion:
     # the best epoch is the last) carries no information, so the round prunes nothing.
     skip_when_flat: bool = False
     # Pruning at initialization (lth.pruning_at_init): "snip", "grasp" or "synflow" scores the
-    # network at θ0; round r's mask is made from the dense network at round r's kept count, so
+    # network at θ0 ("smart-ratio" draws a random ticket with Su et al.'s layer shares); round
+    # r's mask is made from the dense network at round r's kept count, so
     # masks need not nest. `steps`: how many times it rescores on the way (1: one shot).
     at_init: str | None = None
     steps: int = 1
@@ -74,6 +75,7 @@ CRITERIA: dict[str, Criterion] = {
     "snip-iterative": Criterion(None, "|∂L/∂θ ⊙ θ| at θ0, rescored", "smallest", "SNIP rescored on the masked network along an exponential schedule", ("init",), at_init="snip", steps=100),
     "grasp": Criterion(None, "−θ ⊙ Hg at θ0", "largest", "the smallest −θ ⊙ Hg at θ0: weights whose removal least reduces gradient flow (Wang et al. 2020)", ("init",), at_init="grasp"),
     "synflow": Criterion(None, "|θ ⊙ ∂R/∂θ| at θ0", "smallest", "the largest synaptic flow of the all-ones input through |θ|, rescored 100 times (Tanaka et al. 2020)", ("init",), at_init="synflow", steps=100),
+    "smart-ratio": Criterion(None, "random; layer l keeps ∝ (L−l+1)² + (L−l+1)", "smallest", "random weights in per-layer shares from Su et al.'s smart ratios (a random ticket)", ("init",), at_init="smart-ratio"),
 }
 
 

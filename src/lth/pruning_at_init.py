@@ -11,6 +11,8 @@ Conventions, as the papers and their reference code have them:
   R = the sum of the logits; |θ ⊙ ∂R/∂θ|; the smallest go. Applied iteratively (100 steps on an
   exponential schedule to the target), each step on the masked network, so that a layer is not
   cut off whole (Tanaka et al.'s layer collapse).
+- Smart ratios (Su et al. 2020, "random tickets"): no score at all. Layer l of L keeps a share
+  proportional to (L−l+1)² + (L−l+1) of its weights (divided by l² for VGG), at random positions.
 """
 
 from __future__ import annotations
@@ -131,4 +133,54 @@ def masks_at_init(score: Callable[[Masks], Scores], full: Masks, targets: Mappin
         counts = {group: sum(int(masks[n].sum()) for n in group) - schedules[group][step] for group in targets}
         if any(counts.values()):
             masks = select(score(masks), masks, counts, largest)
+    return masks
+
+
+def smart_ratio_weights(layers: int, depth_squared: bool = False) -> list[float]:
+    """Su et al.'s per-layer keep weights, first layer first: (L−l+1)² + (L−l+1) for layer l of L,
+    divided by l² for VGG (`depth_squared`), as their reference code does. Earlier layers keep
+    a larger share; the ratios, not the positions, are what the random ticket is said to need."""
+    return [((layers - l + 1) ** 2 + (layers - l + 1)) / (l * l if depth_squared else 1) for l in range(1, layers + 1)]
+
+
+def smart_ratio_counts(sizes: Mapping[str, int], kept: int, weights: Sequence[float]) -> dict[str, int]:
+    """How many weights each tensor keeps so that tensor l keeps min(n_l, c·w_l·n_l) and the total
+    is exactly `kept`: c found by filling (a tensor that would keep more than all of itself keeps
+    all, and the rest is shared again), the fractions rounded by largest remainder.
+
+    Su et al.'s reference code instead keeps every linear layer at 30% and scales only the
+    convolutions, which gives a network of linear layers alone (LeNet) nothing to scale and
+    misses the ladder's densities; lth applies the formula to every prunable tensor."""
+    names, total = list(sizes), sum(sizes.values())
+    if not 0 <= kept <= total or len(weights) != len(names) or min(weights, default=1) <= 0:
+        raise ValueError(f"cannot keep {kept} of {total} weights over {len(names)} tensors with {len(weights)} positive weights")
+    full: set[str] = set()
+    while True:
+        share = sum(w * sizes[n] for n, w in zip(names, weights) if n not in full)
+        scale = (kept - sum(sizes[n] for n in full)) / share if share else 0.0
+        newly = {n for n, w in zip(names, weights) if n not in full and scale * w >= 1}
+        if not newly:
+            break
+        full |= newly
+    exact = {n: float(sizes[n]) if n in full else scale * w * sizes[n] for n, w in zip(names, weights)}
+    counts = {n: min(sizes[n], int(x)) for n, x in exact.items()}
+    short = kept - sum(counts.values())  # 0 ≤ short < len(names), but for float rounding either way
+    step = 1 if short > 0 else -1
+    room = [n for n in names if 0 <= counts[n] + step <= sizes[n]]
+    for n in sorted(room, key=lambda n: step * (counts[n] - exact[n]))[:abs(short)]:
+        counts[n] += step
+    return counts
+
+
+def random_masks_with_counts(full: Masks, counts: Mapping[str, int], seed: int) -> Masks:
+    """Each tensor keeps `counts[name]` weights at positions ranked by one random draw per tensor
+    from `seed`. The draw does not depend on the counts, so the same seed at smaller counts keeps
+    a subset: a study's rounds nest where each tensor's count falls."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, mask in full.items():
+        ranking = torch.rand(mask.numel(), generator=generator)
+        flat = torch.zeros(mask.numel(), dtype=torch.bool)
+        flat[ranking.topk(counts[name]).indices] = True
+        masks[name] = flat.view(mask.shape).to(device=mask.device, dtype=mask.dtype)
     return masks

@@ -56,3 +56,8 @@ def score_sample_seed(seed: int) -> int:
 def shuffle_seed(seed: int, round_index: int) -> int:
     """The layerwise-shuffle sanity check's draw for round `round_index`'s mask."""
     return derive_seed(seed, "shuffle", round_index)
+
+
+def smart_ratio_seed(seed: int) -> int:
+    """The random positions of a smart-ratio ticket: one draw per study, so rounds nest where they can."""
+    return derive_seed(seed, "smart-ratio")

@@ -27,13 +27,14 @@ from lth.engine import use_graphs
 from lth.layout import bf16_warning
 from lth.layout import choose as choose_layout
 from lth.masks import Masks, apply_masks_, count_kept, density, full_masks
-from lth.models import layer_types, model_for
+from lth.models import has_convolutions, layer_types, model_for
 from lth.progress import Progress
 from lth.pruning import CRITERIA, kept_ladder, next_masks, prune_counts
-from lth.pruning_at_init import balanced_sample, grasp_scores, masks_at_init, shuffle_within_tensors, snip_scores, synflow_scores
+from lth.pruning_at_init import (balanced_sample, grasp_scores, masks_at_init, random_masks_with_counts, shuffle_within_tensors, smart_ratio_counts,
+                                 smart_ratio_weights, snip_scores, synflow_scores)
 from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.schedule import is_constant
-from lth.seeds import prune_seed, reinit_seed, score_sample_seed, shuffle_seed, study_seeds
+from lth.seeds import prune_seed, reinit_seed, score_sample_seed, shuffle_seed, smart_ratio_seed, study_seeds
 from lth.signals import StopRequest, stop_on_signals
 from lth.train import (Diverged, Member, RoundOutcome, RoundState, Stopped, optimizer_from_tensors, optimizer_tensors, steps_per_epoch,
                        train_rounds)
@@ -135,7 +136,7 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
     graphs = use_graphs(first.train.engine, device)  # refuses "graph" on a CPU before writing anything
     configs, execution = _pin_execution(list(configs), runs, device)
     execution["engine"] = "graph" if graphs else "eager"
-    if device.type == "cpu" and len(configs) > 1 and any(isinstance(m, torch.nn.Conv2d) for m in model_for(first, 0).modules()):
+    if device.type == "cpu" and len(configs) > 1 and has_convolutions(model_for(first, 0)):
         # Convolutions gain nothing from stacking on a CPU; LeNet's small products do (benchmarks/lenet_throughput.py).
         print(f"lth: note: training {len(configs)} studies of a convolutional network together on a CPU is slower than one after "
               "another (0.78x measured for 2, benchmarks/cpu_throughput.py); --parallel is meant for GPUs", file=sys.stderr)
@@ -339,6 +340,10 @@ class Study:
         p, crit = self.config.prune, CRITERIA[self.config.prune.criterion]
         full = full_masks(self.model, self.names)
         targets = kept_ladder(count_kept(full), self.names, self.rates, p.fraction, r)
+        if crit.at_init == "smart-ratio":  # the ladder's total, shared out by Su et al.'s formula
+            weights = smart_ratio_weights(len(self.names), depth_squared=self.config.model.startswith("vgg"))
+            counts = smart_ratio_counts(count_kept(full), sum(targets.values()), weights)
+            return random_masks_with_counts(full, counts, smart_ratio_seed(self.config.seed))
         model = model_for(self.config, 0)
         model.load_state_dict(self.init)
         if crit.at_init == "synflow":

@@ -220,6 +220,8 @@ def _loop(members: Sequence[Member], engine: Engine, step: Callable[..., None], 
                 weights = engine.state(i)
                 if not (math.isfinite(loss_sums[i]) and math.isfinite(val_loss) and all(torch.isfinite(v).all() for v in weights.values())):
                     raise diverged(i, done, f"a non-finite training loss ({loss_sums[i] / seen}), validation loss ({val_loss}) or weight")
+                # best gets its own copy: a saved position holds model and best side by side, and
+                # safetensors refuses tensors that share memory
                 if not validates:
                     state.best, state.best_step, state.best_val_loss, state.best_val_acc = engine.state(i), done, math.nan, math.nan
                 elif val_loss < state.best_val_loss:
