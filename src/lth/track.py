@@ -49,7 +49,7 @@ ROUND_KEYS = ("remaining_pct", "test_acc_best", "test_acc_final", "test_loss_bes
               "best_val_loss", "best_val_acc", "pruned", "energy_kwh", "co2_kg", "seconds")
 # An unreachable MLflow server must cost seconds, not MLflow's default minutes of backoff; a
 # value the user set wins.
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 # ---------------------------------------------------------------- pure functions
