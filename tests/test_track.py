@@ -202,3 +202,34 @@ def test_a_missing_package_names_its_extra(data_root, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "pip install 'lth[wandb]'" in err, err
     assert len(run.read_rounds()) == 1 and not math.isnan(run.read_rounds()[0]["test_acc_best"])
+
+
+def test_quick_cli_run_shows_the_run_in_tensorboard_and_mlflow_with_the_report_figures(data_root, tmp_path):
+    """The issue's check as a user runs it: `lth run ... --track.tensorboard true --track.mlflow
+    sqlite:///mlflow.db` (a path relative to the working directory)."""
+    args = ["--preset", "quick", *[a for k, v in {**TINY_OVERRIDES, **SHORT}.items() for a in (f"--{k}", v)]]
+    done = subprocess.run(lth("run", *args, "--out", "run", "--data-dir", str(data_root), "--no-progress",
+                              "--track.tensorboard", "true", "--track.mlflow", "sqlite:///mlflow.db"),
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    run = RunDir(tmp_path / "run")
+    metrics, rounds = run.read_metrics(), run.read_rounds()
+    figures = sorted(p.name for p in (run.root / "report").glob("*.png"))
+    assert figures
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run.tensorboard), size_guidance={"images": 0})
+    acc.Reload()
+    assert [v for _, v in tensorboard_scalars(run.tensorboard)["eval/val_loss"]] == pytest.approx([m["val_loss"] for m in metrics], rel=1e-6)
+    assert sorted(f"{tag[len('report/'):]}.png" for tag in acc.Tags()["images"]) == figures
+
+    mlrun, history = mlflow_run(f"sqlite:///{tmp_path / 'mlflow.db'}", run)
+    assert [v for _, v in history("eval/val_loss")] == [m["val_loss"] for m in metrics]
+    assert [v for _, v in history("round/test_acc_best")] == [r["test_acc_best"] for r in rounds]
+    assert mlrun.data.params["train.batch_size"] == "10" and mlrun.data.tags["lth.version"]
+    from mlflow.tracking import MlflowClient
+
+    listed = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(mlrun.info.run_id, "report")
+    assert sorted(Path(a.path).name for a in listed) == figures
+    assert not (tmp_path / "mlruns").exists()  # the artifacts lie beside the database, not in the working directory
