@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pruning", "pruning_at_init"),  # which weights go: after training, or at θ0
     ("rundir",),  # store
     ("layout",),  # how a CPU study lays out memory: measured once per machine, cached
+    ("track",),  # experiment trackers: a copy of what the run directory records, sent as it is written
     ("study",),  # the round loop: train, prune, store
     ("stability", "export", "verify", "cells"),  # what is done with studies, and a comparison's cells
     ("report", "show"),  # read what is stored

@@ -142,6 +142,8 @@ def plan(spec: CompareSpec, out: Path) -> list[Cell]:
                     raise ConfigError(f"variant {label}: prune.match {match!r} names no variant; use one of {', '.join('@' + l for l in labels)}")
                 overrides["prune.match"] = str(out / depends_on / f"seed-{seed}")
             config = cfgmod.apply_overrides(base, {**overrides, "seed": str(seed), "name": f"{spec.name}-{label}"})
+            if config.track.enabled:  # the trackers group the study's cells and name each as lth status does
+                config = cfgmod.apply_overrides(config, {"track.group": config.track.group or spec.name, "track.name": f"{label}/seed-{seed}"})
             cells.append(Cell(label, seed, config, cell_dir, depends_on))
     # Cells that copy another ticket run after the cells they copy.
     return sorted(cells, key=lambda c: c.depends_on is not None)

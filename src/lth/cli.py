@@ -97,6 +97,10 @@ def _cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     result = run_study(config, **options)
     print(f"run directory: {result.run_dir}")
+    if config.track.enabled:  # the trackers get the report's figures when the study ends
+        from lth.track import log_report
+
+        log_report([result.run_dir], write_report([result.run_dir]))
     return 0
 
 

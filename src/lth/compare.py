@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lth import config as cfgmod
-from lth import executors
+from lth import executors, track
 from lth.cells import Cell, CompareSpec, jobs_dir, load_spec, plan, study_file, write_job_record
 from lth.config import Config, ConfigError
 from lth.data import resolve_data_dir
@@ -98,6 +98,8 @@ def run_replicates(config: Config, replicates: int, out: str | os.PathLike | Non
             raise ConfigError(f"{flag}: must be >= 1, got {value}")
     configs = [dataclasses.replace(config, seed=config.seed + i) for i in range(replicates)]
     parent = Path(out) if out is not None else Path("runs") / f"{config.name}-{cfgmod.config_hash(config)}-x{replicates}"
+    if config.track.enabled and not config.track.group:  # the trackers group the seeds by their folder's name
+        configs = [dataclasses.replace(c, track=dataclasses.replace(c.track, group=parent.resolve().name)) for c in configs]
     outs = [parent / f"seed-{c.seed}" for c in configs]
     for o, c in zip(outs, configs):
         prepare(RunDir(o), c, resume, force)
@@ -211,6 +213,7 @@ def run_comparison(
     elif report:
         result.report_dir = write_report([study], out=study / "report")
         log(f"report: {result.report_dir / 'report.md'}")
+        track.log_report([c.out for c in cells], result.report_dir)
     return result
 
 

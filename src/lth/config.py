@@ -40,6 +40,7 @@ MIN_SIDE = {"vgg16": 32}  # models whose pooling needs at least this image side
 CRITERIA = ("high-movement", "magnitude", "random", "low-movement", "movement-from-init", "magnitude-increase",
             "snip", "snip-iterative", "grasp", "synflow", "smart-ratio")
 TRACKERS = ("codecarbon", "carbontracker", "off")
+WANDB_MODES = ("off", "offline", "online")
 
 
 class ConfigError(ValueError):
@@ -207,6 +208,34 @@ class EnergyConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """Experiment trackers that mirror what lth writes (lth.track): recording only, so outside the
+    hash; lth's own files stay the record, and a tracker that fails never stops a study."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files, into the run directory's `tensorboard/` unless `tensorboard_dir` says where."""
+    tensorboard_dir: str = ""
+    """A folder for the event files instead: each run writes to `<folder>/<run name>` (needs `tensorboard = true`)."""
+    mlflow: str = ""
+    """An MLflow tracking URI, e.g. "sqlite:///mlflow.db" (a local file, no server) or "http://host:5000"; "" logs nothing."""
+    wandb: str = "off"
+    """Weights & Biases: "offline" (files in the run directory's `wandb/`, for a later `wandb sync`), "online" or "off"."""
+    project: str = "lth"
+    """The W&B project, and the MLflow experiment of a run outside a comparison."""
+    entity: str = ""
+    """The W&B entity (user or team); "" is the account's default."""
+    group: str = ""
+    """Groups runs (W&B group, MLflow experiment); `lth compare` sets it to the study's name, `--replicates` to their folder's."""
+    name: str = ""
+    """The run's name in the trackers; "" is the run directory's name (a comparison's cells: `<variant>/seed-<s>`)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any tracker is asked for: only then does lth import one."""
+        return self.tensorboard or bool(self.mlflow) or self.wandb != "off"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole study. `seed` alone determines θ0 and every epoch's data order. `rewind`: where
     survivors restart each round: `init` (θ0), `epoch:K` (after epoch K of round 0), `best` /
@@ -230,6 +259,8 @@ class Config:
     """The criterion and the pruning schedule."""
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     """Energy recording."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """Experiment trackers (TensorBoard, MLflow, Weights & Biases)."""
 
     def __post_init__(self) -> None:
         validate(self)  # the config boundary: no Config exists that would run but mean nothing
@@ -291,6 +322,7 @@ BOUNDS: dict[str, Bounds] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS, "data.dataset": DATASETS, "data.labels": LABELS, "data.normalize": NORMALIZATIONS, "prune.criterion": CRITERIA, "prune.scope": SCOPES, "train.optimizer": OPTIMIZERS,
     "train.augment": AUGMENTATIONS, "train.engine": ENGINES, "train.precision": PRECISIONS, "energy.tracker": TRACKERS,
+    "track.wandb": WANDB_MODES,
 }
 
 
@@ -362,6 +394,14 @@ def validate(config: Config) -> None:
     need(len(e.country) == 3 and e.country.isalpha(), f"energy.country: an ISO 3166-1 alpha-3 code such as CAN or USA, got {e.country!r}")
     need(0 < len(config.name) <= 100 and config.name not in (".", "..") and not set("/\\\0") & set(config.name),
          f"name: must be 1-100 characters without '/', '\\' or NUL, got {config.name[:100]!r}")
+    tr = config.track
+    need(not tr.tensorboard_dir or tr.tensorboard, "track.tensorboard_dir: set track.tensorboard = true too, or leave the folder unset")
+    need(not tr.mlflow or ("://" in tr.mlflow or tr.mlflow.startswith(("file:", "databricks"))),
+         f"track.mlflow: a tracking URI such as sqlite:///mlflow.db or http://host:5000, got {tr.mlflow[:200]!r}")
+    for key in ("tensorboard_dir", "mlflow", "project", "entity", "group", "name"):
+        text = getattr(tr, key)
+        need(len(text) <= 4096 and "\0" not in text, f"track.{key}: at most 4096 characters without NUL")
+    need(bool(tr.project), "track.project: must not be empty; the default is \"lth\"")
     need(len(p.layer_rates) <= 1000, f"prune.layer_rates: at most 1000 entries, got {len(p.layer_rates)}")
     # A path key: resolved and checked to be a run when the study opens (lth.study); here only its form.
     need(p.match is None or (0 < len(p.match) <= 4096 and "\0" not in p.match), "prune.match: must be a path of 1-4096 characters without NUL")
@@ -486,7 +526,10 @@ def to_toml(config: Config) -> str:
 # Where and how a study executes (device, engine, memory layout) and what it records (energy):
 # not what it computes, so `computed` sets them to these fixed values and a run may be resumed
 # on another device or engine. The reference marks these keys "outside the hash".
-HASH_NEUTRAL: dict[str, Any] = {"device": "auto", "train.engine": "auto", "train.channels_last": False, "energy": EnergyConfig()}
+HASH_NEUTRAL: dict[str, Any] = {"device": "auto", "train.engine": "auto", "train.channels_last": False, "energy": EnergyConfig(),
+                                "track": TrackConfig()}
+# Hash-neutral tables added after runs existed: left out of `computed` altogether, so hashes stay.
+LATER_TABLES = ("track",)
 
 
 def _with(node: Any, key: str, value: Any) -> Any:
@@ -500,6 +543,8 @@ def computed(config: Config) -> dict[str, Any]:
     for key, value in HASH_NEUTRAL.items():
         config = _with(config, key, value)
     payload = to_dict(config)
+    for table in LATER_TABLES:
+        payload.pop(table, None)
     for key, default in LATER_KEYS.items():  # at their defaults, what every run did before they existed: hashes stay
         table, _, name = key.partition(".")
         if payload[table].get(name, default) == default:

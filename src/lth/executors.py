@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lth import track
 from lth.cells import cells_named, is_complete, job_record, jobs_dir, read_job_record, run_cells, write_job_record
 from lth.config import ConfigError
 from lth.report import write_report
@@ -248,6 +249,7 @@ def _report_if_complete(study: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         report_dir = write_report([study], out=study / "report")
         print(f"report: {report_dir / 'report.md'}", flush=True)
+        track.log_report([c.out for c in cells_named(study, None)], report_dir)
 
 
 class CellJob:

@@ -92,6 +92,8 @@ class RunDir:
     resume_state = property(lambda self: self.checkpoints / "resume" / "state.safetensors")
     checksums = property(lambda self: self.root / "checksums.sha256")  # `sha256sum -c` format: every file but the log and resume state
     stability = property(lambda self: self.root / "stability.csv")  # `lth stability`: one row per round, pair and rewind point
+    track_state = property(lambda self: self.root / "track.json")  # lth.track: each tracker's run id and last step sent
+    tensorboard = property(lambda self: self.root / "tensorboard")  # lth.track: TensorBoard's event files
     stability_resume = property(lambda self: self.checkpoints / "resume" / "stability.safetensors")  # `lth stability`: the copies in training
 
     def checkpoint(self, round_index: int, kind: str) -> Path:

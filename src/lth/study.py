@@ -36,6 +36,7 @@ from lth.rundir import RunDir, RunDirError, claimed, prepare
 from lth.schedule import is_constant
 from lth.seeds import prune_seed, reinit_seed, score_sample_seed, shuffle_seed, smart_ratio_seed, study_seeds
 from lth.signals import StopRequest, stop_on_signals
+from lth.track import Trackers
 from lth.train import (Diverged, Member, RoundOutcome, RoundState, Stopped, optimizer_from_tensors, optimizer_tensors, steps_per_epoch,
                        train_rounds)
 
@@ -147,6 +148,7 @@ def run_studies(configs: Sequence[Config], outs: Sequence[str | os.PathLike], da
         studies = [Study.open(run, c, splits, execution) for run, c in zip(runs, configs)]
         for study in studies:
             stack.callback(study.meter.close)
+            stack.callback(lambda s=study: s.trackers.close(finished=len(s.rows) == s.total_rounds))
         stop = stack.enter_context(stop_on_signals())
         try:
             _run_rounds(studies, progress, stop)
@@ -279,6 +281,7 @@ class Study:
     matched: list[dict[str, int]] | None
     meter: EnergyMeter
     rows: list[dict[str, Any]]
+    trackers: Trackers
 
     @property
     def total_rounds(self) -> int:
@@ -308,7 +311,8 @@ class Study:
             run.save(run.init, model.state_dict())
         init = run.load(run.init)
         meter = make_meter(config.energy.tracker, config.energy.country)
-        return cls(run, config, model, init, names, rates, splits, matched, meter, run.read_rounds())
+        trackers = Trackers.open(run, config, steps_per_epoch(splits.train_x.shape[0], config.train.batch_size))
+        return cls(run, config, model, init, names, rates, splits, matched, meter, run.read_rounds(), trackers)
 
     def masks_for_round(self, r: int) -> tuple[Masks, int]:
         """Round r's mask (the stored one if an earlier attempt got that far) and how many it pruned."""
@@ -389,6 +393,7 @@ class Study:
                 last_save[0] = now
                 # metrics.jsonl holds exactly the evaluations a resume would not redo.
                 run.append_metrics(state.history[-1:]) if per_eval_save else run.write_metrics(earlier + state.history)
+                self.trackers.log_evals(state.history)  # what metrics.jsonl now holds, once
 
         snapshots = None
         if r == 0 and (config.rewind_epoch is not None or config.rewind_step is not None) and not run.rewind_point.exists():
@@ -405,6 +410,7 @@ class Study:
         def on_stop(state: RoundState) -> None:
             run.save_resume(r, *state.to_file())
             run.write_metrics(earlier + state.history)
+            self.trackers.log_evals(state.history)
 
         member = Member(self.model, masks, study_seeds(config.seed)["data_seed"], resume, on_eval, on_stop, snapshots, fine_tunes(config, r))
         elapsed = sum(m["seconds"] for m in resume.history) if resume else 0.0
@@ -422,6 +428,7 @@ class Study:
             row["energy_method"] += "; resumed round: the interrupted part is not counted"
         self.rows.append(row)
         self.run.write_rounds(self.rows)
+        self.trackers.log_round(row)
         return row
 
 
