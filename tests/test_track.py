@@ -233,3 +233,24 @@ def test_quick_cli_run_shows_the_run_in_tensorboard_and_mlflow_with_the_report_f
     listed = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(mlrun.info.run_id, "report")
     assert sorted(Path(a.path).name for a in listed) == figures
     assert not (tmp_path / "mlruns").exists()  # the artifacts lie beside the database, not in the working directory
+
+
+def test_a_comparison_groups_its_cells_and_names_each(data_root, tmp_path):
+    """`lth compare` with MLflow on: one experiment named after the study, one run per cell named
+    as `lth status` names it, each with the cell's own evaluations."""
+    from mlflow.tracking import MlflowClient
+
+    from lth import cells, compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = {k: v for k, v in {**TINY_OVERRIDES, **SHORT}.items() if k != "name"}
+    spec = cells.CompareSpec(name="tracked", base="quick", seeds=(0,), overrides=tuple({**overrides, "track.mlflow": uri}.items()),
+                             variants=((("prune.criterion", "magnitude"),), (("prune.criterion", "random"),)))
+    compare.run_comparison(spec, tmp_path / "study", data_dir=data_root, progress=False, report=False, log=lambda _: None)
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["magnitude/seed-0", "random/seed-0"]
+    for r in runs:
+        folder = tmp_path / "study" / r.info.run_name
+        evals = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [m.value for m in client.get_metric_history(r.info.run_id, "eval/val_loss")] == pytest.approx([e["val_loss"] for e in evals])
